@@ -1,0 +1,205 @@
+"""Model weight files: fetch, verify and load them, and fail with one message a user can act on.
+
+A checkpoint is only ever visible at its final path once its SHA-256 has been checked, so an interrupted
+download can never be mistaken for a good file later. Every failure (offline, refused, corrupt) names the
+file, its URL, the exact path to place it at by hand, and the ``--random-weights`` escape for smoke tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+CHUNK = 1 << 20
+ALLOWED_SCHEMES = ("http", "https", "file")
+CHECKPOINT_DIR_ENV = "DEOP_CHECKPOINT_DIR"
+RANDOM_WEIGHTS_HINT = ("To try the pipeline without any weights, run with --random-weights "
+                       "(real shapes and timings, meaningless labels).")
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, unreachable or corrupt; the message says how to fix it by hand."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    kind: str
+    url: str
+    filename: str
+    sha256: str
+
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_CHECKPOINTS: dict[str, Checkpoint] = {
+    "vit_b": Checkpoint("vit_b", _SAM_URL + "sam_vit_b_01ec64.pth", "sam_vit_b_01ec64.pth",
+                        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": Checkpoint("vit_l", _SAM_URL + "sam_vit_l_0b3195.pth", "sam_vit_l_0b3195.pth",
+                        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": Checkpoint("vit_h", _SAM_URL + "sam_vit_h_4b8939.pth", "sam_vit_h_4b8939.pth",
+                        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+}
+
+# Hashing a 2.5 GB checkpoint takes seconds; a file whose (path, size, mtime_ns) is unchanged keeps its hash.
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_HASH_CACHE_SIZE = 32
+
+
+def default_checkpoint_dir() -> Path:
+    """$DEOP_CHECKPOINT_DIR, else ``checkpoints/`` beside the package, so a clone works out of the box."""
+    env = os.environ.get(CHECKPOINT_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manual_hint(url: str, dest: Path) -> str:
+    return (f"Download {url} by hand (a browser or `curl -L -o {dest} {url}`) and put it at {dest} "
+            f"(or point ${CHECKPOINT_DIR_ENV} at the folder that holds it). {RANDOM_WEIGHTS_HINT}")
+
+
+def _cache_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _remember_hash(path: Path, digest: str) -> None:
+    if len(_HASH_CACHE) >= _HASH_CACHE_SIZE:
+        _HASH_CACHE.pop(next(iter(_HASH_CACHE)))
+    _HASH_CACHE[_cache_key(path)] = digest
+
+
+def _cached_sha256(path: Path) -> str:
+    key = _cache_key(path)
+    if key not in _HASH_CACHE:
+        _remember_hash(path, sha256_of(path))
+    return _HASH_CACHE[key]
+
+
+def download(url: str, dest: Path, sha256: str | None, progress: bool = True, timeout: float = 30) -> Path:
+    """Fetch ``url`` to ``dest`` through a temporary file beside it, renamed into place only once verified.
+
+    The temporary file lives in dest's own folder so the final ``os.replace`` is atomic (same filesystem).
+    """
+    dest = Path(dest)
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise WeightsError(f"refusing to download {url}: only {', '.join(ALLOWED_SCHEMES)} URLs are allowed. "
+                           + _manual_hint(url, dest))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".part-", dir=dest.parent)
+    except OSError as exc:
+        raise WeightsError(f"cannot write {dest.name} into {dest.parent}: {exc}. "
+                           + _manual_hint(url, dest)) from exc
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            received = 0
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                      disable=not progress, leave=False) as bar:
+                while chunk := resp.read(CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and received != total:
+            raise WeightsError(f"the download of {dest.name} from {url} stopped after {received} of {total} "
+                               "bytes (connection closed). " + _manual_hint(url, dest))
+        actual = digest.hexdigest()
+        if sha256 is not None and actual != sha256.lower():
+            raise WeightsError(f"the download of {dest.name} from {url} is corrupt: expected SHA-256 "
+                               f"{sha256}, got {actual}. " + _manual_hint(url, dest))
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a shared checkpoint folder should stay readable
+        os.replace(tmp, dest)
+        done = True
+        _remember_hash(dest, actual)
+        return dest
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError, HTTPError, socket timeouts and ConnectionError are all OSError subclasses.
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # it holds the open response socket
+        reason = exc.reason if type(exc) is urllib.error.URLError else exc
+        raise WeightsError(f"could not download {dest.name} from {url} ({type(exc).__name__}: {reason}). "
+                           + _manual_hint(url, dest)) from exc
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+
+
+def ensure_sam_checkpoint(kind: str, checkpoint_dir: Path | None = None, download_missing: bool = True,
+                          progress: bool = True, checkpoints: dict[str, Checkpoint] | None = None) -> Path:
+    """The path of a verified SAM checkpoint, fetching it (again, when corrupt) if allowed."""
+    table = SAM_CHECKPOINTS if checkpoints is None else checkpoints
+    if kind not in table:
+        raise WeightsError(f"unknown SAM checkpoint {kind!r}; known kinds: {', '.join(table)}")
+    ckpt = table[kind]
+    path = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    path = path / ckpt.filename
+    if path.is_file():
+        if _cached_sha256(path) == ckpt.sha256.lower():
+            return path
+        if not download_missing:
+            raise WeightsError(f"the SAM {kind} checkpoint at {path} is corrupt or truncated (SHA-256 "
+                               "mismatch) and downloads are off. Delete it, then "
+                               + _manual_hint(ckpt.url, path))
+        warnings.warn(f"the SAM {kind} checkpoint at {path} is corrupt or truncated (SHA-256 mismatch); "
+                      "downloading it again", stacklevel=2)
+    elif not download_missing:
+        raise WeightsError(f"the SAM {kind} checkpoint is missing: no file at {path}, and downloads are off. "
+                           + _manual_hint(ckpt.url, path))
+    return download(ckpt.url, path, ckpt.sha256, progress=progress)
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read a state dict without running pickled code (weights_only), so a tampered file cannot execute."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, EOF and unsafe-global errors all mean the same thing to a user
+        raise WeightsError(f"{path} is corrupt or not a plain weights file ({_short_reason(exc)}). "
+                           "Delete it and let it be fetched again, or replace it by hand. "
+                           + RANDOM_WEIGHTS_HINT) from exc
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict; delete it and let it "
+                           "be fetched again. " + RANDOM_WEIGHTS_HINT)
+    return state
+
+
+def _short_reason(exc: BaseException) -> str:
+    """torch's weights_only errors are a page of advice to re-run unsafely; keep only the actual cause."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.S)
+    detail = found.group(1).strip() if found else (text.strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def clip_weights_error(model: str, pretrained: str, exc: BaseException) -> WeightsError:
+    """open_clip's own errors when offline are opaque network traces; this one says what to do."""
+    return WeightsError(
+        f"could not load the CLIP weights {model} / {pretrained!r} ({type(exc).__name__}: {exc}). open_clip "
+        "fetches them through the Hugging Face cache ($HF_HOME, by default ~/.cache/huggingface); on a "
+        "machine without internet, copy a cache that already holds them there and set HF_HUB_OFFLINE=1. "
+        + RANDOM_WEIGHTS_HINT)
