@@ -1,0 +1,173 @@
+"""Dense CLIP features in one forward pass: DeOP's patch severance and its training-free cousins.
+
+CLIP's last blocks mix every patch token with the global context, which is what makes the class token a
+good image descriptor and the patch tokens poor local ones. Patch severance changes only the final
+block(s) so that each patch token keeps its own content, and then projects *every* token into the joint
+image-text space. One pass over the whole image then classifies any number of masks by pooling.
+
+A variant is data (:class:`Severance`), not code: the attention kind, the residual scale and whether the
+FFN runs. That keeps the published methods side by side and a new one a one-line addition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Severance", "SEVERANCE_VARIANTS", "severance", "encode_dense", "resize_pos_embed", "patch_size_of"]
+
+
+@dataclass(frozen=True)
+class Severance:
+    """How the severed final block(s) treat their tokens.
+
+    attention: "vanilla" (unchanged), "identity" (token i gets out_proj(v_i): DeOP, MaskCLIP),
+        "qq", "kk", "qq+kk" (self-similarity attention: ClearCLIP, NACLIP, SCLIP).
+    residual: scale of the skip connection around attention (1 = unchanged, 0 = dropped).
+    ffn: whether the block's MLP still runs.
+    """
+
+    attention: str = "identity"
+    residual: float = 0.2
+    ffn: bool = True
+    description: str = ""
+
+
+SEVERANCE_VARIANTS: dict[str, Severance] = {
+    "deop": Severance("identity", 0.2, True, "DeOP: own value projection, residual x0.2, FFN kept"),
+    "maskclip": Severance("identity", 1.0, True, "MaskCLIP: value-only attention, block otherwise unchanged"),
+    "sclip": Severance("qq+kk", 1.0, True, "SCLIP: q-q plus k-k attention"),
+    "clearclip": Severance("qq", 0.0, False, "ClearCLIP: q-q attention, no residual, no FFN"),
+    "naclip": Severance("kk", 0.0, False, "NACLIP-style: k-k attention, no residual, no FFN (no neighbourhood prior)"),
+    "none": Severance("vanilla", 1.0, True, "Plain CLIP: every token goes through the unchanged blocks"),
+}
+
+
+def severance(variant: str | Severance) -> Severance:
+    """The spec of a variant given by name (or the spec itself)."""
+    if isinstance(variant, Severance):
+        return variant
+    if variant not in SEVERANCE_VARIANTS:
+        raise ValueError(f"unknown severance variant {variant!r}; choose from {', '.join(SEVERANCE_VARIANTS)}")
+    return SEVERANCE_VARIANTS[variant]
+
+
+def patch_size_of(model: nn.Module) -> int:
+    """Patch size of an open_clip ViT (conv1's stride)."""
+    conv = model.visual.conv1
+    return int(conv.kernel_size[0])
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a [1 + g*g, C] position table to a (gh, gw) patch grid; the class slot is kept.
+
+    At the native grid this returns the table itself, so the plain forward is reproduced exactly.
+    """
+    n_patches = pos_embed.shape[0] - 1
+    g = int(round(math.sqrt(n_patches)))
+    if g * g != n_patches:
+        raise ValueError(f"position table of {n_patches} patches is not a square grid")
+    if tuple(grid) == (g, g):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    patch_pos = patch_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _qkv(block: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    attn: nn.MultiheadAttention = block.attn
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    return q, k, v
+
+
+def _self_similarity_attention(block: nn.Module, y: torch.Tensor, kind: str) -> torch.Tensor:
+    attn: nn.MultiheadAttention = block.attn
+    b, n, c = y.shape
+    heads = attn.num_heads
+    q, k, v = (t.reshape(b, n, heads, c // heads).transpose(1, 2) for t in _qkv(block, y))
+    scale = (c // heads) ** -0.5
+    weights = 0
+    for part in kind.split("+"):
+        a = {"qq": q, "kk": k}[part]
+        weights = weights + torch.softmax(a @ a.transpose(-2, -1) * scale, dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(b, n, c)
+    return attn.out_proj(out)
+
+
+def _severed_block(block: nn.Module, x: torch.Tensor, spec: Severance) -> torch.Tensor:
+    """One residual block with its attention replaced as `spec` says; every token stays batch-first."""
+    y = block.ln_1(x)
+    if spec.attention == "identity":
+        attn_out = block.attn.out_proj(_qkv(block, y)[2])
+    elif spec.attention in ("qq", "kk", "qq+kk"):
+        attn_out = _self_similarity_attention(block, y, spec.attention)
+    else:
+        raise ValueError(f"unknown attention kind {spec.attention!r}")
+    x = spec.residual * x + block.ls_1(attn_out)
+    if spec.ffn:
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x
+
+
+def _run_blocks(transformer: nn.Module, x: torch.Tensor, spec: Severance, n_severed: int) -> torch.Tensor:
+    blocks = list(transformer.resblocks)
+    n_plain = len(blocks) if spec.attention == "vanilla" else len(blocks) - n_severed
+    batch_first = getattr(transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks[:n_plain]:
+        x = block(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks[n_plain:]:
+        x = _severed_block(block, x, spec)
+    return x
+
+
+def encode_dense(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    variant: str | Severance = "deop",
+    n_severed: int = 1,
+    return_cls: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Projected patch embeddings [B, D, H/p, W/p] of an open_clip CLIP model, after ln_post and proj.
+
+    `pixels` is a normalised batch [B, 3, H, W] whose sides are multiples of the patch size; any size
+    works because the position table is resized to the grid. The embeddings are not L2-normalised (the
+    pooling sums them first, as DeOP does). With `return_cls` the projected class token [B, D] comes
+    too: with variant "none" at the native resolution it equals `model.encode_image`.
+    """
+    spec = severance(variant)
+    visual = model.visual
+    depth = len(visual.transformer.resblocks)
+    if not 1 <= n_severed <= depth:
+        raise ValueError(f"n_severed must be between 1 and {depth}, got {n_severed}")
+    p = patch_size_of(model)
+    b, _, h, w = pixels.shape
+    if h % p or w % p:
+        raise ValueError(f"image sides ({h}x{w}) must be multiples of the patch size {p}")
+    grid = (h // p, w // p)
+
+    dtype = visual.conv1.weight.dtype
+    x = visual.conv1(pixels.to(dtype))
+    x = x.reshape(b, x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(b, -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resize_pos_embed(visual.positional_embedding, grid).to(x.dtype)
+    x = visual.patch_dropout(x)
+    x = visual.ln_pre(x)
+    x = _run_blocks(visual.transformer, x, spec, n_severed)
+    x = visual.ln_post(x)
+    if visual.proj is not None:
+        x = x @ visual.proj
+    patches = x[:, 1:].transpose(1, 2).reshape(b, -1, grid[0], grid[1])
+    if return_cls:
+        return patches, x[:, 0]
+    return patches

@@ -1,0 +1,115 @@
+"""What one ``Segmenter.segment`` call returns, and its JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STAGES = ("proposals", "image_encoding", "text_encoding", "classification", "total")
+
+
+@dataclass
+class Segment:
+    """One proposal and how a method labelled it. Box (x0, y0, x1, y1, exclusive ends) and area are in
+    input-image pixels; ``label`` is -1 when the segment is unlabelled (below the "none" threshold)."""
+
+    id: int
+    box: tuple[int, int, int, int]
+    area: int
+    label: int
+    score: float
+    top5: list[tuple[str, float]]
+
+    def to_dict(self, classes: list[str]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": classes[self.label] if self.label >= 0 else None,
+            "label_index": self.label,
+            "score": round(self.score, 6),
+            "area": self.area,
+            "box": list(self.box),
+            "top5": [[name, round(p, 6)] for name, p in self.top5],
+        }
+
+
+@dataclass
+class MethodResult:
+    """One method's answer. ``label_map`` is (H, W) int32 at the input size, -1 = unlabelled.
+
+    timings: seconds per stage (see ``STAGES``), CUDA-synchronised, as spent by this call: a reused stage
+    counts zero and is named in ``cached``. first_run_timings: the same with each reused stage at what it
+    cost when it was computed, so that a re-query still shows the honest one-pass vs crop comparison.
+    """
+
+    method: str
+    label_map: np.ndarray
+    segments: list[Segment]
+    timings: dict[str, float]
+    cached: list[str] = field(default_factory=list)
+    first_run_timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self, classes: list[str]) -> dict[str, Any]:
+        present = np.unique(self.label_map[self.label_map >= 0])
+        return {
+            "method": self.method,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "cached": list(self.cached),
+            "first_run_timings": {k: round(v, 6) for k, v in self.first_run_timings.items()},
+            "classes_present": [classes[i] for i in present],
+            "segments": [s.to_dict(classes) for s in self.segments],
+        }
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one call produced, at the input image's size.
+
+    segment_map: (H, W) int32 proposal index per pixel (-1 none); segment i's mask is ``mask(i)``.
+    similarity: (C, gh, gw) cosine similarity of each class with each CLIP patch (the heatmaps), when
+        the dense pass ran.
+    agreement: when one-pass and crop both ran, the share of segments (and of segment pixels) they gave
+        the same label.
+    """
+
+    classes: list[str]
+    image_size: tuple[int, int]  # (height, width)
+    methods: dict[str, MethodResult]
+    segment_map: np.ndarray | None = None
+    similarity: np.ndarray | None = None
+    agreement: dict[str, float] | None = None
+    random_weights: bool = False
+    warnings: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def mask(self, index: int) -> np.ndarray:
+        if self.segment_map is None:
+            raise ValueError("this result has no proposals (method 'dense')")
+        return self.segment_map == index
+
+    def speedup(self, stage_set: str = "total") -> float | None:
+        """Crop time over one-pass time: end to end ("total") or for classification alone ("clip")."""
+        if not {"one-pass", "crop"} <= self.methods.keys():
+            return None
+
+        def cost(m: MethodResult) -> float:
+            t = m.first_run_timings or m.timings
+            return t["total"] if stage_set == "total" else t["image_encoding"] + t["classification"]
+
+        one, crop = cost(self.methods["one-pass"]), cost(self.methods["crop"])
+        return crop / one if one > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "classes": list(self.classes),
+            "image_size": {"height": self.image_size[0], "width": self.image_size[1]},
+            "random_weights": self.random_weights,
+            "warnings": list(self.warnings),
+            "settings": self.settings,
+            "methods": {name: m.to_dict(self.classes) for name, m in self.methods.items()},
+        }
+        if self.agreement is not None:
+            out["agreement"] = self.agreement
+            out["speedup"] = {"total": self.speedup("total"), "clip": self.speedup("clip")}
+        return out

@@ -1,0 +1,90 @@
+"""Text embeddings of a vocabulary, cached per (model, templates, name).
+
+A user edits a vocabulary one word at a time; re-encoding 150 ADE20K names times ten templates on every
+edit would cost seconds on a CPU. Each name is encoded once per model and template set; a class with
+synonyms averages its names' embeddings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+from .models import ClipModel
+from .presets import TEMPLATES
+from .vocabulary import Vocabulary, apply_templates
+
+
+class TextEmbeddingCache:
+    """Normalised per-name embeddings (each the mean over the template ensemble), bounded LRU."""
+
+    def __init__(self, max_entries: int = 20000, batch_size: int = 256) -> None:
+        self.max_entries = max_entries
+        self.batch_size = batch_size
+        self.names_encoded = 0  # how many names ran through the text encoder: tests and the UI read it
+        self._cache: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _encode(self, clip: ClipModel, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+        prompts = [p for name in names for p in apply_templates(name, templates)]
+        chunks = []
+        with torch.inference_mode():
+            for i in range(0, len(prompts), self.batch_size):
+                tokens = clip.tokenizer(prompts[i: i + self.batch_size]).to(clip.device)
+                chunks.append(F.normalize(clip.model.encode_text(tokens).float(), dim=-1))
+        per_prompt = torch.cat(chunks).reshape(len(names), len(templates), -1)
+        return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+    def names(self, clip: ClipModel, names: list[str], template_set: str) -> torch.Tensor:
+        """[len(names), D] normalised embeddings; only names not seen before are encoded."""
+        if template_set not in TEMPLATES:
+            raise ValueError(f"unknown template set {template_set!r}; choose from {', '.join(TEMPLATES)}")
+        templates = tuple(TEMPLATES[template_set])
+        keys = [(clip.key, template_set, n) for n in names]
+        with self._lock:
+            missing = list(dict.fromkeys(k[2] for k in keys if k not in self._cache))
+        if missing:
+            encoded = self._encode(clip, missing, templates)
+            with self._lock:
+                self.names_encoded += len(missing)
+                for name, emb in zip(missing, encoded):
+                    self._cache[(clip.key, template_set, name)] = emb
+        with self._lock:
+            out = []
+            for k in keys:
+                emb = self._cache.get(k)
+                if emb is None:  # evicted by a concurrent caller between the two steps
+                    emb = self._encode(clip, [k[2]], templates)[0]
+                else:
+                    self._cache.move_to_end(k)
+                out.append(emb)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return torch.stack(out)
+
+    def vocabulary(self, clip: ClipModel, vocabulary: Vocabulary, template_set: str) -> torch.Tensor:
+        """[C, D] normalised class embeddings: a class is the mean of its name and synonyms."""
+        prompts = [p for spec in vocabulary.classes for p in spec.prompts]
+        per_name = self.names(clip, prompts, template_set)
+        out, start = [], 0
+        for spec in vocabulary.classes:
+            out.append(per_name[start: start + len(spec.prompts)].mean(dim=0))
+            start += len(spec.prompts)
+        return F.normalize(torch.stack(out), dim=-1)
+
+
+def overlong_names(clip: ClipModel, names: list[str], template_set: str) -> list[str]:
+    """Names whose longest templated prompt exceeds CLIP's context and so gets truncated."""
+    tokenizer = clip.tokenizer
+    context = getattr(tokenizer, "context_length", 77)
+    encode = getattr(tokenizer, "encode", None)
+    if encode is None:
+        return []
+    longest = max(TEMPLATES[template_set], key=len)
+    return [n for n in names if len(encode(longest.format(n))) + 2 > context]

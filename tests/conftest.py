@@ -1,0 +1,57 @@
+"""Shared fixtures: random-weight models built once per session, on the CPU, small settings.
+
+Random weights give meaningless labels but real shapes, timings and exact equalities; the tiny SAM
+config keeps the automatic mask generator to well under a second per image on two cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deop import ProposalConfig, Segmenter, SegmenterConfig, SegmentOptions
+
+torch.manual_seed(0)
+
+# Thresholds at zero: a random SAM's quality scores are noise, and the tests need some masks.
+SMALL_PROPOSALS = ProposalConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                 min_mask_region_area=0, max_masks=50)
+SMALL_OPTIONS = SegmentOptions(max_side=256, clip_size=224, proposals=SMALL_PROPOSALS)
+SMALL_CONFIG = SegmenterConfig(device="cpu", random_weights=True, sam_kind="tiny", options=SMALL_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def segmenter() -> Segmenter:
+    seg = Segmenter(SMALL_CONFIG)
+    seg.load()
+    return seg
+
+
+@pytest.fixture(scope="session")
+def clip(segmenter):
+    return segmenter.clip
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(segmenter):
+    return segmenter.sam
+
+
+def scene(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
+    """A synthetic RGB scene: sky, grass, a red disc and a brown box, with a little noise."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width, 3), dtype=np.uint8)
+    img[: height // 2] = (135, 190, 235)
+    img[height // 2:] = (60, 150, 60)
+    yy, xx = np.mgrid[:height, :width]
+    disc = (yy - height * 0.65) ** 2 + (xx - width * 0.3) ** 2 < (height * 0.15) ** 2
+    img[disc] = (210, 30, 30)
+    img[int(height * 0.3): int(height * 0.6), int(width * 0.6): int(width * 0.85)] = (120, 80, 40)
+    noise = rng.integers(-8, 9, size=img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def scene_image() -> np.ndarray:
+    return scene()

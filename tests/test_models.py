@@ -1,0 +1,80 @@
+"""Model loading: the cache, devices, and clear errors when weights cannot be had."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deop.models import SAM_BUILDERS, ModelCache, build_clip, build_sam, resolve_device
+from deop.weights import WeightsError
+
+
+def test_auto_device_is_cpu_without_a_gpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and torch.backends.mps.is_available():
+        expected = "mps"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_models_load_once_per_key():
+    cache = ModelCache()
+    built = []
+
+    def build():
+        built.append(1)
+        return object()
+
+    a = cache.get(("x", 1), build)
+    b = cache.get(("x", 1), build)
+    c = cache.get(("x", 2), build)
+    assert a is b and a is not c and len(built) == 2 and len(cache) == 2
+
+
+def test_segmenter_models_are_shared(segmenter):
+    from deop import Segmenter
+
+    other = Segmenter(segmenter.config)
+    assert other.clip is segmenter.clip and other.sam is segmenter.sam
+
+
+def test_tiny_sam_needs_random_weights():
+    with pytest.raises(ValueError, match="only with random weights"):
+        build_sam("tiny", torch.device("cpu"), random_weights=False)
+    with pytest.raises(ValueError, match="unknown SAM model"):
+        build_sam("vit_x", torch.device("cpu"), random_weights=True)
+    assert {"vit_b", "vit_l", "vit_h"} <= set(SAM_BUILDERS)
+
+
+def test_unknown_clip_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown CLIP model"):
+        build_clip("ViT-Nope", None, torch.device("cpu"))
+
+
+def test_clip_weights_offline_give_the_clear_error(monkeypatch):
+    """With the Hugging Face hub offline and an empty cache, the real loading path fails clearly."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(WeightsError) as info:
+        build_clip("ViT-B-16-quickgelu", "openai", torch.device("cpu"))
+    message = str(info.value)
+    assert "ViT-B-16-quickgelu" in message and "--random-weights" in message
+
+
+def test_sam_checkpoint_loads_through_the_safe_path(tmp_path):
+    """A checkpoint written from a random tiny SAM's state dict loads back into vit_b's loader path."""
+    from deop import weights
+
+    model = build_sam("tiny", torch.device("cpu"), random_weights=True)
+    path = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    state = weights.load_state_dict(path)
+    fresh = SAM_BUILDERS["tiny"]()
+    fresh.load_state_dict(state)
+    for a, b in zip(fresh.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)

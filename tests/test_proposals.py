@@ -1,0 +1,92 @@
+"""Proposals: the stock generator's masks, then a disjoint cover of their union."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from segment_anything import SamAutomaticMaskGenerator
+
+from conftest import SMALL_PROPOSALS, scene
+from deop.config import ProposalConfig
+from deop.proposals import generate_proposals, resolve_overlaps, sam_generator, segment_boxes
+
+
+@pytest.fixture(scope="module")
+def stock_masks(tiny_sam):
+    image = scene()
+    stock = SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, pred_iou_thresh=0.0,
+                                      stability_score_thresh=0.0, min_mask_region_area=0)
+    return image, stock.generate(image)
+
+
+def test_generator_equals_stock_sam(tiny_sam, stock_masks):
+    image, stock = stock_masks
+    ours = sam_generator(tiny_sam, SMALL_PROPOSALS).generate(image)
+    assert len(stock) > 0 and len(ours) == len(stock)
+    for a, b in zip(ours, stock):
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+        assert a["predicted_iou"] == b["predicted_iou"]
+
+
+def test_resolved_proposals_are_disjoint_and_cover_the_union(tiny_sam, stock_masks):
+    image, stock = stock_masks
+    props = generate_proposals(tiny_sam, image, SMALL_PROPOSALS)
+    union = np.any([r["segmentation"] for r in stock], axis=0)
+    np.testing.assert_array_equal(props.segment_map >= 0, union)
+    # one id per pixel makes the segments disjoint; every id is present and the areas add up
+    assert set(np.unique(props.segment_map[props.segment_map >= 0])) == set(range(len(props)))
+    assert props.areas.sum() == union.sum()
+    assert props.raw_count == len(stock)
+
+
+def test_smaller_masks_win_shared_pixels():
+    big = np.zeros((10, 10), bool)
+    big[:, :] = True
+    small = np.zeros((10, 10), bool)
+    small[2:4, 2:4] = True
+    hidden = np.zeros((10, 10), bool)
+    hidden[2:3, 2:3] = True  # inside `small`, smaller still: wins its pixel
+    props = resolve_overlaps([small, big, hidden], np.array([0.5, 0.9, 0.1]))
+    assert len(props) == 3
+    assert props.segment_map[2, 2] == 2 and props.segment_map[3, 3] == 1 and props.segment_map[0, 0] == 0
+    assert props.scores.tolist() == pytest.approx([0.9, 0.5, 0.1])
+    assert props.areas.tolist() == [96, 3, 1]
+
+
+def test_fully_covered_masks_are_dropped():
+    a = np.zeros((6, 6), bool)
+    a[:3] = True
+    b = np.zeros((6, 6), bool)
+    b[3:] = True
+    covering = a | b  # largest, painted first, then fully overwritten by a and b
+    props = resolve_overlaps([covering, a, b])
+    assert len(props) == 2 and props.raw_count == 3
+
+
+def test_no_masks_gives_an_empty_map():
+    props = resolve_overlaps([], shape=(4, 5))
+    assert len(props) == 0 and (props.segment_map == -1).all()
+
+
+def test_boxes_are_exclusive_and_tight():
+    seg = np.full((8, 9), -1, np.int32)
+    seg[2:5, 3:7] = 0
+    seg[7, 8] = 1
+    boxes, areas = segment_boxes(seg, 2)
+    assert boxes.tolist() == [[3, 2, 7, 5], [8, 7, 9, 8]]
+    assert areas.tolist() == [12, 1]
+
+
+def test_max_masks_keeps_the_best_predicted(tiny_sam):
+    image = scene()
+    many = generate_proposals(tiny_sam, image, SMALL_PROPOSALS)
+    few = generate_proposals(tiny_sam, image, ProposalConfig(**{**SMALL_PROPOSALS.__dict__, "max_masks": 2}))
+    assert few.raw_count == many.raw_count
+    assert len(few) <= 2
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="points_per_side"):
+        ProposalConfig(points_per_side=0)
+    with pytest.raises(ValueError, match="pred_iou_thresh"):
+        ProposalConfig(pred_iou_thresh=1.5)

@@ -1,0 +1,130 @@
+"""The Segmenter end to end on random weights: shapes, stages, caching, options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import deop.segmenter as segmenter_module
+from conftest import scene
+from deop.models import RANDOM_WEIGHTS_WARNING
+from deop.result import STAGES
+
+
+@pytest.fixture(scope="module")
+def both(segmenter):
+    return segmenter.segment(scene(seed=5), "sky, grass, ball, box", method="both")
+
+
+def test_both_methods_share_proposals_and_report_every_stage(both):
+    assert set(both.methods) == {"one-pass", "crop"}
+    one, crop = both.methods["one-pass"], both.methods["crop"]
+    for m in (one, crop):
+        assert m.label_map.shape == (120, 160) and m.label_map.dtype == np.int32
+        assert set(STAGES) <= set(m.timings)
+        assert m.timings["total"] == pytest.approx(sum(m.timings[s] for s in STAGES[:-1]))
+        assert all(v >= 0 for v in m.timings.values())
+    assert len(one.segments) == len(crop.segments) > 0
+    assert [s.box for s in one.segments] == [s.box for s in crop.segments]
+    assert both.agreement is not None and 0.0 <= both.agreement["segments"] <= 1.0
+    assert both.speedup("clip") > 0
+
+
+def test_segments_carry_labels_scores_and_top5(both):
+    names = both.classes
+    for seg in both.methods["one-pass"].segments:
+        assert seg.label in range(len(names))
+        assert [n for n, _ in seg.top5][0] == names[seg.label]
+        probs = [p for _, p in seg.top5]
+        assert probs == sorted(probs, reverse=True) and probs[0] == pytest.approx(seg.score)
+        assert len(seg.top5) == min(5, len(names))
+        assert seg.area == int(both.mask(seg.id).sum())
+
+
+def test_label_maps_follow_the_segment_labels(both):
+    one = both.methods["one-pass"]
+    for seg in one.segments:
+        assert (one.label_map[both.mask(seg.id)] == seg.label).all()
+    crop = both.methods["crop"]
+    assert (crop.label_map[both.segment_map < 0] == -1).all()  # the baseline leaves uncovered pixels empty
+
+
+def test_fill_uncovered_pixels_from_dense_map(segmenter):
+    image = scene(seed=5)
+    filled = segmenter.segment(image, "sky, grass", method="one-pass")
+    empty = segmenter.segment(image, "sky, grass", method="one-pass", fill_uncovered=False)
+    uncovered = filled.segment_map < 0
+    assert (filled.methods["one-pass"].label_map >= 0).all()
+    assert (empty.methods["one-pass"].label_map[uncovered] == -1).all()
+
+
+def test_none_threshold_leaves_segments_unlabelled(segmenter):
+    result = segmenter.segment(scene(seed=5), "sky, grass, ball", method="one-pass", none_threshold=1.0,
+                               fill_uncovered=False)
+    one = result.methods["one-pass"]
+    assert all(s.label == -1 for s in one.segments)
+    assert (one.label_map == -1).all()
+
+
+def test_second_vocabulary_reuses_proposals_and_features(segmenter, monkeypatch):
+    calls = {"sam": 0, "dense": 0, "crops": 0}
+    for name, key in (("generate_proposals", "sam"), ("dense_features", "dense"), ("encode_crops", "crops")):
+        original = getattr(segmenter_module, name)
+
+        def counted(*a, _orig=original, _key=key, **k):
+            calls[_key] += 1
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(segmenter_module, name, counted)
+    image = scene(seed=11)
+    first = segmenter.segment(image, "sky, grass", method="both")
+    encoded = segmenter.text_cache.names_encoded
+    second = segmenter.segment(image, "sky, grass, a new thing", method="both", none_threshold=0.1)
+    assert calls == {"sam": 1, "dense": 1, "crops": 1}
+    assert segmenter.text_cache.names_encoded == encoded + 1  # only the new name was encoded
+    one = second.methods["one-pass"]
+    assert set(one.cached) == {"proposals", "image_encoding"}
+    assert one.timings["proposals"] == 0 and one.timings["image_encoding"] == 0
+    assert one.first_run_timings["image_encoding"] == first.methods["one-pass"].timings["image_encoding"]
+
+
+def test_dense_method_runs_without_sam(segmenter, monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("SAM must not run for the dense method")
+
+    monkeypatch.setattr(segmenter_module, "generate_proposals", fail)
+    result = segmenter.segment(scene(seed=3), "sky, grass", method="dense")
+    dense = result.methods["dense"]
+    assert dense.segments == [] and result.segment_map is None
+    assert dense.label_map.shape == (120, 160) and (dense.label_map >= 0).all()
+    assert result.similarity.shape[0] == 2
+
+
+def test_large_images_are_processed_small_and_mapped_back(segmenter):
+    image = np.repeat(np.repeat(scene(seed=2), 4, axis=0), 4, axis=1)  # 480 x 640
+    result = segmenter.segment(image, "sky, grass", method="one-pass", max_side=160)
+    assert result.methods["one-pass"].label_map.shape == (480, 640)
+    assert result.settings["working_size"] == {"height": 120, "width": 160}
+    for seg in result.methods["one-pass"].segments:
+        x0, y0, x1, y1 = seg.box
+        assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+
+
+def test_random_weights_are_announced_and_json_serialises(both):
+    assert both.random_weights and both.warnings[0] == RANDOM_WEIGHTS_WARNING
+    data = json.loads(json.dumps(both.to_dict()))
+    assert data["random_weights"] is True
+    assert set(data["methods"]) == {"one-pass", "crop"}
+    assert data["methods"]["crop"]["segments"][0].keys() >= {"label", "score", "area", "box", "top5"}
+    assert "agreement" in data and data["speedup"]["clip"] > 0
+
+
+def test_bad_requests_are_clear_errors(segmenter):
+    with pytest.raises(ValueError, match="unknown method"):
+        segmenter.segment(scene(), "cat", method="fast")
+    with pytest.raises(ValueError, match="at least one class"):
+        segmenter.segment(scene(), "  ,  ")
+    with pytest.raises(TypeError, match="unknown option"):
+        segmenter.segment(scene(), "cat", colour="red")
