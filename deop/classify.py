@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .dense_clip import encode_dense, patch_size_of
 from .models import ClipModel
 from .proposals import Proposals
+from .timing import Deadline
 
 
 def _normalise(pixels: torch.Tensor, clip: ClipModel) -> torch.Tensor:
@@ -112,7 +113,7 @@ def crop_pixels(image: torch.Tensor, segment_map: torch.Tensor, index: int, box:
 
 
 def encode_crops(clip: ClipModel, image: np.ndarray, proposals: Proposals, margin: float = 0.1,
-                 batch_size: int = 32) -> torch.Tensor:
+                 batch_size: int = 32, deadline: Deadline | None = None) -> torch.Tensor:
     """The crop baseline: [N, D] normalised ``encode_image`` embeddings, one CLIP input per segment.
 
     Made as fast as it fairly can be (crops built on the model's device, batched, inference mode, the
@@ -128,6 +129,8 @@ def encode_crops(clip: ClipModel, image: np.ndarray, proposals: Proposals, margi
     out = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
+            if deadline is not None:
+                deadline.check("crop encoding")
             idx = range(start, min(n, start + batch_size))
             batch = torch.stack([crop_pixels(pixels, seg, i, boxes[i], clip.image_size, fill) for i in idx])
             emb = clip.model.encode_image(_normalise(batch, clip).to(clip.dtype))

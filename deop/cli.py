@@ -13,14 +13,11 @@ from pathlib import Path
 
 from .config import METHODS, PROPOSAL_PRESETS, SegmenterConfig, SegmentOptions
 from .dense_clip import SEVERANCE_VARIANTS
-from .images import ImageError
+from .errors import USER_ERRORS
 from .models import RANDOM_WEIGHTS_WARNING, SAM_BUILDERS
 from .presets import TEMPLATES
-from .vocabulary import VocabularyError
-from .weights import WeightsError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-USER_ERRORS = (ImageError, VocabularyError, WeightsError, ValueError, OSError)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,7 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             image = load_image(path)
             result = segmenter.segment(image, vocabulary, method=args.method)
             written = save_result(image, result, out_dir, stem)
-        except (ImageError, ValueError, OSError) as exc:
+        except USER_ERRORS as exc:
             failed += 1
             tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
             continue

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 from torch import nn
 
 from .config import ProposalConfig
+from .timing import Deadline
 
 
 @dataclass
@@ -42,11 +44,22 @@ class Proposals:
         return self.segment_map == index
 
 
-def sam_generator(sam: nn.Module, config: ProposalConfig):
-    """The stock SamAutomaticMaskGenerator with our settings: proposals equal SAM's own at equal options."""
-    from segment_anything import SamAutomaticMaskGenerator
+class _CheckedGenerator(SamAutomaticMaskGenerator):
+    """SAM's own generator, checking a deadline before each batch of point prompts (outputs unchanged)."""
 
-    return SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **config.generator_kwargs())
+    def __init__(self, *args, deadline: Deadline | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline or Deadline(None)
+
+    def _process_batch(self, *args, **kwargs):
+        self.deadline.check("mask proposals")
+        return super()._process_batch(*args, **kwargs)
+
+
+def sam_generator(sam: nn.Module, config: ProposalConfig, deadline: Deadline | None = None
+                  ) -> SamAutomaticMaskGenerator:
+    """The stock SamAutomaticMaskGenerator with our settings: proposals equal SAM's own at equal options."""
+    return _CheckedGenerator(sam, output_mode="binary_mask", deadline=deadline, **config.generator_kwargs())
 
 
 def segment_boxes(segment_map: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,10 +107,11 @@ def resolve_overlaps(masks: list[np.ndarray] | np.ndarray, scores: np.ndarray | 
     return Proposals(segment_map, scores[order][present], boxes, seg_areas, raw_count=len(masks))
 
 
-def generate_proposals(sam: nn.Module, image: np.ndarray, config: ProposalConfig) -> Proposals:
+def generate_proposals(sam: nn.Module, image: np.ndarray, config: ProposalConfig,
+                       deadline: Deadline | None = None) -> Proposals:
     """SAM's masks for an RGB uint8 image, limited to ``config.max_masks`` by predicted IoU, made disjoint."""
     with torch.inference_mode():
-        records = sam_generator(sam, config).generate(image)
+        records = sam_generator(sam, config, deadline).generate(image)
     raw = len(records)
     if config.max_masks and len(records) > config.max_masks:
         records = sorted(records, key=lambda r: -r["predicted_iou"])[: config.max_masks]

@@ -22,10 +22,14 @@ from .models import MODELS, RANDOM_WEIGHTS_WARNING, ClipModel, ModelCache, resol
 from .proposals import Proposals, generate_proposals
 from .result import MethodResult, Segment, SegmentationResult
 from .text_embeddings import TextEmbeddingCache, overlong_names
-from .timing import stopwatch
+from .timing import Deadline, stopwatch
 from .vocabulary import Vocabulary, parse_vocabulary
 
 Progress = Callable[[float, str], None]
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The accelerator ran out of memory; the caches were emptied so that the next request can run."""
 
 
 @dataclass
@@ -94,11 +98,11 @@ class Segmenter:
 
         return cache.get_or_compute(key, run)
 
-    def proposals(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
-                  ) -> tuple[_Timed, bool]:
+    def proposals(self, image: np.ndarray, options: SegmentOptions, key: str | None = None,
+                  deadline: Deadline | None = None) -> tuple[_Timed, bool]:
         key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, options.proposals)
         return self._timed(self._proposals, key, "proposals",
-                           lambda: generate_proposals(self.sam, image, options.proposals))
+                           lambda: generate_proposals(self.sam, image, options.proposals, deadline))
 
     def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
                  ) -> tuple[_Timed, bool]:
@@ -109,23 +113,38 @@ class Segmenter:
                                                   options.n_severed))
 
     def crop_embeddings(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
-                        key: str | None = None) -> tuple[_Timed, bool]:
+                        key: str | None = None, deadline: Deadline | None = None) -> tuple[_Timed, bool]:
         clip = self.clip
         key = (key or image_key(image), clip.key, self.config.sam_kind, options.proposals, options.crop_margin)
         return self._timed(self._crops, key, "crops",
                            lambda: encode_crops(clip, image, proposals, options.crop_margin,
-                                                options.crop_batch_size))
+                                                options.crop_batch_size, deadline))
 
     # -- the call ---------------------------------------------------------------------------------
     def segment(self, image: Any, vocabulary: str | Vocabulary, method: str = "both",
                 options: SegmentOptions | None = None, progress: Progress | None = None,
-                **overrides: Any) -> SegmentationResult:
+                timeout: float | None = None, **overrides: Any) -> SegmentationResult:
         """Segment `image` (path, bytes, PIL image or array) into the classes of `vocabulary`.
 
         method: "one-pass" (DeOP), "crop" (one CLIP pass per proposal), "both" (same proposals, timed
         side by side) or "dense" (per-pixel classification from the dense map, no SAM). Any
         ``SegmentOptions`` field, or a ``ProposalConfig`` field, may be given as a keyword override.
+        timeout: seconds after which the request stops between two steps with ``SegmentTimeout``.
+        A GPU out-of-memory error empties the caches and becomes ``DeviceOutOfMemory``: the next request
+        runs normally.
         """
+        try:
+            return self._segment(image, vocabulary, method, options, progress, Deadline(timeout), overrides)
+        except torch.cuda.OutOfMemoryError as exc:
+            self.clear_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(
+                "the GPU ran out of memory on this image; try a smaller max side or CLIP size, fewer masks, "
+                "or --device cpu") from exc
+
+    def _segment(self, image: Any, vocabulary: str | Vocabulary, method: str, options: SegmentOptions | None,
+                 progress: Progress | None, deadline: Deadline, overrides: dict[str, Any]) -> SegmentationResult:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         opts = (options or self.config.options).with_overrides(**overrides)
@@ -154,7 +173,7 @@ class Segmenter:
         cached: list[str] = []
         if "one-pass" in runs or "crop" in runs:
             report(0.1, "Proposing masks with Segment Anything")
-            timed, hit = self.proposals(work, opts, key)
+            timed, hit = self.proposals(work, opts, key, deadline)
             props = timed.value
             shared["proposals"], cost["proposals"] = (0.0 if hit else timed.seconds), timed.seconds
             cached += ["proposals"] if hit else []
@@ -166,12 +185,13 @@ class Segmenter:
         methods: dict[str, MethodResult] = {}
         similarity = None
         for i, name in enumerate(runs):
+            deadline.check(name)
             report(0.4 + 0.5 * i / len(runs), f"Classifying ({name})")
             timings = {"proposals": shared["proposals"], "text_encoding": text_time["text_encoding"]}
             first = {"proposals": cost["proposals"], "text_encoding": text_time["text_encoding"]}
             reused = list(cached)
             if name == "crop":
-                timed, hit = self.crop_embeddings(work, props, opts, key)
+                timed, hit = self.crop_embeddings(work, props, opts, key, deadline)
                 timings["image_encoding"] = 0.0 if hit else timed.seconds
                 first["image_encoding"] = timed.seconds
                 reused += ["image_encoding"] if hit else []

@@ -24,3 +24,22 @@ def stopwatch(record: dict[str, float], stage: str, device: torch.device | str |
     finally:
         synchronize(device)
         record[stage] = record.get(stage, 0.0) + time.perf_counter() - start
+
+
+class SegmentTimeout(TimeoutError):
+    """A request ran past its time limit; it was stopped between two steps and nothing was cached."""
+
+
+class Deadline:
+    """A time limit checked between steps (SAM point batches, crop batches, stages), so a request that
+    runs too long stops cleanly and frees its worker instead of running on unseen in the background."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, stage: str = "") -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            where = f" during {stage}" if stage else ""
+            raise SegmentTimeout(f"stopped after the {self.seconds:g} s time limit{where}; try a smaller image, "
+                                 "fewer points per side or the 'fast' preset")

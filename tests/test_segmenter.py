@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import deop.segmenter as segmenter_module
 from conftest import scene
@@ -128,3 +129,29 @@ def test_bad_requests_are_clear_errors(segmenter):
         segmenter.segment(scene(), "  ,  ")
     with pytest.raises(TypeError, match="unknown option"):
         segmenter.segment(scene(), "cat", colour="red")
+
+
+def test_time_limit_stops_the_request_and_the_next_one_runs(segmenter):
+    from deop.timing import SegmentTimeout
+
+    image = scene(seed=21)
+    with pytest.raises(SegmentTimeout, match="time limit"):
+        segmenter.segment(image, "sky", method="both", timeout=0.0)
+    result = segmenter.segment(image, "sky", method="both")
+    assert "proposals" not in result.methods["crop"].cached  # the stopped request cached nothing
+    assert result.methods["crop"].segments
+
+
+def test_gpu_out_of_memory_becomes_a_clear_error_and_the_next_request_runs(segmenter, monkeypatch):
+    from deop.segmenter import DeviceOutOfMemory
+
+    original = segmenter_module.dense_features
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(segmenter_module, "dense_features", oom)
+    with pytest.raises(DeviceOutOfMemory, match="ran out of memory"):
+        segmenter.segment(scene(seed=22), "sky", method="one-pass")
+    monkeypatch.setattr(segmenter_module, "dense_features", original)
+    assert segmenter.segment(scene(seed=22), "sky", method="one-pass").methods["one-pass"].label_map.size
