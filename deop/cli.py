@@ -41,6 +41,7 @@ def add_option_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred-iou-thresh", type=float, default=None)
     p.add_argument("--stability-score-thresh", type=float, default=None)
     p.add_argument("--max-masks", type=int, default=None)
+    p.add_argument("--sam-input-size", type=int, default=None, help="SAM encoder input (1024 as trained, 512 fast)")
     p.add_argument("--max-side", type=int, default=o.max_side, help="downscale so the long side is at most N")
     p.add_argument("--clip-size", type=int, default=o.clip_size, help="long side of the one CLIP pass")
     p.add_argument("--severance", default=o.severance, choices=list(SEVERANCE_VARIANTS))
@@ -60,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
 def options_from_args(args: argparse.Namespace) -> SegmentOptions:
     proposals = PROPOSAL_PRESETS[args.preset]
     flat = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh",
-                                          "max_masks") if getattr(args, k) is not None}
+                                          "max_masks", "sam_input_size") if getattr(args, k) is not None}
     return SegmentOptions(proposals=proposals).with_overrides(
         max_side=args.max_side, clip_size=args.clip_size, severance=args.severance, n_severed=args.n_severed,
         templates=args.templates, none_threshold=args.threshold, fill_uncovered=not args.no_fill, **flat)

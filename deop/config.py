@@ -31,6 +31,8 @@ class ProposalConfig:
     crop_n_points_downscale_factor: fewer points per side in deeper crop layers.
     min_mask_region_area: remove islands and holes smaller than this many pixels (needs OpenCV).
     max_masks: keep at most this many masks, those with the highest predicted IoU (0 = no limit).
+    sam_input_size: the square input of SAM's image encoder. 1024 is SAM as trained; 512 runs the same
+        weights about 10x faster on a CPU (encoder and per-point decoder), for coarser masks.
     """
 
     points_per_side: int = 20
@@ -44,11 +46,13 @@ class ProposalConfig:
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 100
     max_masks: int = 100
+    sam_input_size: int = 1024
 
     def generator_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``SamAutomaticMaskGenerator`` (everything but our own max_masks)."""
         kwargs = asdict(self)
         kwargs.pop("max_masks")
+        kwargs.pop("sam_input_size")
         return kwargs
 
     def __post_init__(self) -> None:
@@ -59,14 +63,17 @@ class ProposalConfig:
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.sam_input_size < 64 or self.sam_input_size % 16:
+            raise ValueError("sam_input_size must be a multiple of 16, at least 64")
         if self.max_masks < 0 or self.min_mask_region_area < 0 or self.crop_n_layers < 0:
             raise ValueError("max_masks, min_mask_region_area and crop_n_layers must not be negative")
 
 
 PROPOSAL_PRESETS: dict[str, ProposalConfig] = {
     "demo": ProposalConfig(),
-    # About 6x fewer decoder prompts than the demo: the CPU setting for interactive use.
-    "fast": ProposalConfig(points_per_side=8, points_per_batch=64, min_mask_region_area=100),
+    # The CPU setting for interactive use: SAM at 512 px (about 10x cheaper encoder, 3x cheaper decoding
+    # per point) and a quarter of the demo's point prompts.
+    "fast": ProposalConfig(points_per_side=10, sam_input_size=512),
     "quality": ProposalConfig(points_per_side=32, crop_n_layers=1, max_masks=200),
 }
 

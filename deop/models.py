@@ -6,6 +6,7 @@ session shares them through ``MODELS``, keyed by (name, weights, device).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import warnings
@@ -122,6 +123,39 @@ def build_sam(kind: str, device: torch.device, random_weights: bool = False,
     return model.to(device).eval().requires_grad_(False)
 
 
+def sam_at_resolution(sam: nn.Module, size: int) -> nn.Module:
+    """The same SAM (shared weights) run at a `size` x `size` input instead of 1024.
+
+    SAM's encoder cost grows with the square of its input (and its global attention faster still), and
+    the mask decoder attends over the image embedding for every point prompt, so 512 px makes both
+    about 4x cheaper on a CPU, for coarser masks. The absolute position table is resized bicubically;
+    the relative position tables are already interpolated by SAM for other sizes.
+    """
+    encoder = sam.image_encoder
+    if size == encoder.img_size:
+        return sam
+    patch = encoder.patch_embed.proj.kernel_size[0]
+    if size % patch:
+        raise ValueError(f"SAM input size must be a multiple of {patch}")
+    grid = size // patch
+    small_encoder = copy.copy(encoder)
+    small_encoder._parameters = dict(encoder._parameters)
+    small_encoder.img_size = size
+    if encoder.pos_embed is not None:
+        pos = encoder.pos_embed.permute(0, 3, 1, 2)
+        pos = torch.nn.functional.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)
+        small_encoder.pos_embed = nn.Parameter(pos.permute(0, 2, 3, 1), requires_grad=False)
+    prompt = copy.copy(sam.prompt_encoder)
+    prompt.image_embedding_size = (grid, grid)
+    prompt.input_image_size = (size, size)
+    prompt.mask_input_size = (4 * grid, 4 * grid)
+    small = copy.copy(sam)
+    small._modules = dict(sam._modules)
+    small._modules["image_encoder"] = small_encoder
+    small._modules["prompt_encoder"] = prompt
+    return small
+
+
 class ModelCache:
     """Loaded models by (kind, name, weights, device); loading happens once even under concurrent calls."""
 
@@ -141,9 +175,12 @@ class ModelCache:
                         lambda: build_clip(name, pretrained, device, half))
 
     def sam(self, kind: str, device: torch.device, random_weights: bool = False,
-            checkpoint_dir: str | Path | None = None, download: bool = True) -> nn.Module:
-        return self.get(("sam", kind, random_weights, str(device), str(checkpoint_dir)),
-                        lambda: build_sam(kind, device, random_weights, checkpoint_dir, download))
+            checkpoint_dir: str | Path | None = None, download: bool = True, input_size: int = 1024) -> nn.Module:
+        key = ("sam", kind, random_weights, str(device), str(checkpoint_dir))
+        full = self.get(key, lambda: build_sam(kind, device, random_weights, checkpoint_dir, download))
+        if input_size == full.image_encoder.img_size:
+            return full
+        return self.get((*key, input_size), lambda: sam_at_resolution(full, input_size))
 
     def clear(self) -> None:
         with self._lock:

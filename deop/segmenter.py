@@ -75,8 +75,13 @@ class Segmenter:
 
     @property
     def sam(self) -> torch.nn.Module:
+        return self.sam_at(self.config.options.proposals.sam_input_size)
+
+    def sam_at(self, input_size: int = 1024) -> torch.nn.Module:
+        """SAM with its encoder run at `input_size` (weights shared with the 1024 px model)."""
         c = self.config
-        return self._models.sam(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download)
+        return self._models.sam(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
+                                input_size)
 
     def load(self) -> None:
         """Load (or fetch) both models now rather than on the first request; SAM first, its checkpoint
@@ -102,7 +107,8 @@ class Segmenter:
                   deadline: Deadline | None = None) -> tuple[_Timed, bool]:
         key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, options.proposals)
         return self._timed(self._proposals, key, "proposals",
-                           lambda: generate_proposals(self.sam, image, options.proposals, deadline))
+                           lambda: generate_proposals(self.sam_at(options.proposals.sam_input_size), image,
+                                                      options.proposals, deadline))
 
     def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
                  ) -> tuple[_Timed, bool]:

@@ -90,3 +90,26 @@ def test_bad_settings_are_rejected():
         ProposalConfig(points_per_side=0)
     with pytest.raises(ValueError, match="pred_iou_thresh"):
         ProposalConfig(pred_iou_thresh=1.5)
+
+
+def test_sam_at_a_smaller_input_shares_weights_and_leaves_the_original(segmenter):
+    from deop.models import sam_at_resolution
+
+    full = segmenter.sam_at(1024)
+    small = segmenter.sam_at(512)
+    assert small is segmenter.sam_at(512)  # cached once
+    assert full.image_encoder.img_size == 1024 and full.image_encoder.pos_embed.shape[1] == 64
+    assert small.image_encoder.img_size == 512 and small.image_encoder.pos_embed.shape[1] == 32
+    assert small.image_encoder.blocks[0] is full.image_encoder.blocks[0]
+    assert small.mask_decoder is full.mask_decoder
+    assert sam_at_resolution(full, 1024) is full
+    props = generate_proposals(small, scene(), SMALL_PROPOSALS)
+    assert props.segment_map.shape == (120, 160) and len(props) > 0
+
+
+def test_fast_preset_is_documented_and_smaller():
+    from deop.config import PROPOSAL_PRESETS
+
+    fast, demo = PROPOSAL_PRESETS["fast"], PROPOSAL_PRESETS["demo"]
+    assert fast.points_per_side ** 2 < demo.points_per_side ** 2 and fast.sam_input_size < demo.sam_input_size
+    assert "sam_input_size" not in fast.generator_kwargs()
