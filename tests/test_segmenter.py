@@ -155,3 +155,25 @@ def test_gpu_out_of_memory_becomes_a_clear_error_and_the_next_request_runs(segme
         segmenter.segment(scene(seed=22), "sky", method="one-pass")
     monkeypatch.setattr(segmenter_module, "dense_features", original)
     assert segmenter.segment(scene(seed=22), "sky", method="one-pass").methods["one-pass"].label_map.size
+
+
+def test_names_longer_than_clips_context_are_truncated_with_a_warning(segmenter):
+    long_name = " ".join(["a"] * 95)  # 95 tokens in 189 characters: under the parser's cap, past CLIP's 77
+    result = segmenter.segment(scene(seed=4), f"sky, {long_name}", method="dense")
+    assert any("too long for CLIP" in w for w in result.warnings)
+    assert len(result.classes) == 2
+
+
+def test_concurrent_requests_get_exactly_their_own_results(segmenter):
+    """Threads sharing one Segmenter (as the app's workers do) get what each call gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(scene(seed=30 + i), voc) for i, voc in enumerate(["sky, grass", "ball, box, sky", "grass", "box, ball"])]
+    alone = [segmenter.segment(img, voc, method="both") for img, voc in jobs]
+    segmenter.clear_cache()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda job: segmenter.segment(job[0], job[1], method="both"), jobs))
+    for a, b in zip(alone, together):
+        assert a.classes == b.classes
+        for name in ("one-pass", "crop"):
+            np.testing.assert_array_equal(a.methods[name].label_map, b.methods[name].label_map)
