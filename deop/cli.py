@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from .config import METHODS, PROPOSAL_PRESETS, SegmenterConfig, SegmentOptions
+from .config import METHODS, PROPOSAL_PRESETS, ProposalConfig, SegmenterConfig, SegmentOptions
 from .dense_clip import SEVERANCE_VARIANTS
 from .errors import USER_ERRORS
 from .models import RANDOM_WEIGHTS_WARNING, SAM_BUILDERS
@@ -60,11 +61,20 @@ def config_from_args(args: argparse.Namespace) -> SegmenterConfig:
 
 def options_from_args(args: argparse.Namespace) -> SegmentOptions:
     proposals = PROPOSAL_PRESETS[args.preset]
+    if getattr(args, "random_weights", False):
+        proposals = random_weight_proposals(proposals)
     flat = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh",
                                           "max_masks", "sam_input_size") if getattr(args, k) is not None}
     return SegmentOptions(proposals=proposals).with_overrides(
         max_side=args.max_side, clip_size=args.clip_size, severance=args.severance, n_severed=args.n_severed,
         templates=args.templates, none_threshold=args.threshold, fill_uncovered=not args.no_fill, **flat)
+
+
+def random_weight_proposals(config: ProposalConfig) -> ProposalConfig:
+    """A random SAM's quality scores are noise that the default thresholds reject entirely (no masks at
+    all), so random-weight runs, which exist to show shapes and timings, keep every mask instead.
+    Explicit --pred-iou-thresh / --stability-score-thresh flags still win."""
+    return replace(config, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 def collect_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:

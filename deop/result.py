@@ -90,8 +90,8 @@ class SegmentationResult:
 
     def speedup(self, stage_set: str = "total") -> float | None:
         """Crop time over one-pass time: end to end ("total") or for classification alone ("clip")."""
-        if not {"one-pass", "crop"} <= self.methods.keys():
-            return None
+        if not {"one-pass", "crop"} <= self.methods.keys() or not self.methods["crop"].segments:
+            return None  # no proposals: nothing was compared
 
         def cost(m: MethodResult) -> float:
             t = m.first_run_timings or m.timings

@@ -99,3 +99,16 @@ def test_output_names_cannot_escape_the_output_folder(tmp_path):
     stems = unique_stems([Path("../../etc/passwd"), Path("a/x.png"), Path("b/x.png"), Path("..png")])
     assert stems[1:3] == ["x", "x_1"]
     assert all("/" not in s and ".." not in s and s for s in stems)
+
+
+def test_random_weight_runs_keep_every_mask_unless_thresholds_are_given():
+    from deop.cli import build_parser, options_from_args
+
+    parser = build_parser()
+    base = ["segment", "x.png", "--classes", "cat"]
+    real = options_from_args(parser.parse_args(base)).proposals
+    rand = options_from_args(parser.parse_args([*base, "--random-weights"])).proposals
+    explicit = options_from_args(parser.parse_args([*base, "--random-weights", "--pred-iou-thresh", "0.5"])).proposals
+    assert (real.pred_iou_thresh, real.stability_score_thresh) == (0.88, 0.95)
+    assert (rand.pred_iou_thresh, rand.stability_score_thresh) == (0.0, 0.0)
+    assert explicit.pred_iou_thresh == 0.5
