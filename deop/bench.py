@@ -1,0 +1,491 @@
+"""``python -m deop bench``: what DeOP's one CLIP pass buys over the crop baseline, measured on this device.
+
+The classification stage is timed on synthetic disjoint masks, so that N is exactly what was asked for
+whatever SAM would find; end-to-end runs use the real Segmenter with SAM. Every number is a median over
+repeats after a warm-up, with its spread, and the issue's targets are checked from the records alone so
+that a saved JSON can be re-judged later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .classify import dense_features, encode_crops, pool_segments, probabilities
+from .config import PROPOSAL_PRESETS, SegmenterConfig
+from .presets import PRESETS
+from .proposals import Proposals, segment_boxes
+from .segmenter import Segmenter, _Timed
+from .text_embeddings import TextEmbeddingCache
+from .timing import stopwatch
+from .vocabulary import Vocabulary
+
+DEFAULT_SIZES = (448, 672, 1024)
+DEFAULT_N = (10, 25, 50, 100, 200)
+QUICK_SIZES = (448, 672)
+QUICK_N = (10, 100, 200)
+# The fast preset at its own grid and denser grids, then the demo's: how SAM's point count drives the cost.
+DEFAULT_E2E = (("fast", None), ("fast", 12), ("fast", 16), ("demo", None))
+E2E_IMAGE = 1024  # long side of the end-to-end image: the default max_side, so SAM sees it at full size
+REQUERY_MASKS = 100
+
+
+@dataclass
+class BenchRecord:
+    """One measurement. ``params`` holds what only some kinds have (classes, preset, ...); it is flattened
+    into the JSON record so that every record is one flat object."""
+
+    kind: str  # "classify", "requery", "e2e", "memory"
+    method: str
+    n_masks: int | None
+    image_size: int | None
+    seconds_median: float | None
+    seconds_min: float | None
+    seconds_max: float | None
+    seconds_q1: float | None
+    seconds_q3: float | None
+    repeats: int
+    device: str
+    torch_threads: int
+    clip_model: str
+    sam_model: str
+    random_weights: bool
+    peak_rss_mb: float
+    cuda_peak_mb: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("params"))
+        return out
+
+
+@dataclass
+class TargetResult:
+    name: str
+    status: str  # "PASS", "FAIL" or "SKIP" (the records do not hold what it needs)
+    value: float | None
+    limit: float
+    detail: str
+
+
+# -- synthetic inputs ------------------------------------------------------------------------------------
+def synthetic_image(long_side: int, seed: int = 0) -> np.ndarray:
+    """A 4:3 RGB image of smooth colour blobs; content does not change any cost measured here."""
+    rng = np.random.default_rng(seed)
+    h, w = round(long_side * 3 / 4), long_side
+    small = rng.integers(0, 256, size=(6, 8, 3)).astype(np.float32)
+    rows = np.linspace(0, 5, h)
+    cols = np.linspace(0, 7, w)
+    r0, c0 = np.floor(rows).astype(int).clip(0, 4), np.floor(cols).astype(int).clip(0, 6)
+    fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    img = (small[r0][:, c0] * (1 - fr) * (1 - fc) + small[r0 + 1][:, c0] * fr * (1 - fc)
+           + small[r0][:, c0 + 1] * (1 - fr) * fc + small[r0 + 1][:, c0 + 1] * fr * fc)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def synthetic_proposals(shape: tuple[int, int], n: int, seed: int = 0, grid: int = 64) -> Proposals:
+    """Exactly `n` disjoint segments of varied sizes covering the image (a weighted Voronoi partition).
+
+    Seeds sit in distinct cells of a coarse grid and each cell goes to the seed with the least
+    distance / weight; a seed always wins its own cell (distance 0), so none is empty. Log-normal
+    weights give a few large regions and many small ones, as SAM's masks do.
+    """
+    h, w = shape
+    gh, gw = max(grid, math.isqrt(n) + 1), max(grid, math.isqrt(n) + 1)
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(gh * gw, size=n, replace=False)
+    sy, sx = cells // gw, cells % gw
+    weight = rng.lognormal(0.0, 0.6, size=n)
+    yy, xx = np.mgrid[:gh, :gw]
+    dist = np.hypot(yy[None] - sy[:, None, None], xx[None] - sx[:, None, None]) / weight[:, None, None]
+    coarse = dist.argmin(axis=0).astype(np.int32)
+    rows = np.arange(h) * gh // h
+    cols = np.arange(w) * gw // w
+    segment_map = coarse[rows[:, None], cols[None, :]]
+    present = np.unique(segment_map)  # a seed's cell may fall between sampled pixels on a tiny image
+    remap = np.full(n, -1, dtype=np.int32)
+    remap[present] = np.arange(len(present), dtype=np.int32)
+    segment_map = remap[segment_map]
+    boxes, areas = segment_boxes(segment_map, len(present))
+    return Proposals(segment_map, np.ones(len(present), dtype=np.float32), boxes, areas, raw_count=n)
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+def peak_memory(device: torch.device) -> tuple[float, float | None]:
+    """(peak process RSS in MiB, peak CUDA allocation in MiB or None): the larger of psutil's current RSS
+    and the kernel's high-water mark (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import psutil
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    maxrss_mb = maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10
+    rss_mb = psutil.Process().memory_info().rss / 2**20
+    cuda = None
+    if device.type == "cuda":
+        cuda = torch.cuda.max_memory_allocated(device) / 2**20
+    return max(maxrss_mb, rss_mb), cuda
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    for _ in range(repeats):
+        record: dict[str, float] = {}
+        with stopwatch(record, "t", device):
+            fn()
+        times.append(record["t"])
+    return times
+
+
+@dataclass
+class Bench:
+    """What every measurement shares: the segmenter (models), repeats and a progress callback."""
+
+    segmenter: Segmenter
+    repeats: int = 3
+    warmup: int = 1
+    advance: Callable[[str], None] = lambda desc: None
+
+    def record(self, kind: str, method: str, n: int | None, size: int | None, times: Sequence[float],
+               **params: Any) -> BenchRecord:
+        c = self.segmenter.config
+        rss, cuda = peak_memory(self.segmenter.device)
+        t = np.asarray(times, dtype=np.float64)
+        stats = [None] * 5 if not len(t) else [float(v) for v in (np.median(t), t.min(), t.max(),
+                                                                   *np.percentile(t, [25, 75]))]
+        return BenchRecord(kind, method, n, size, *stats, repeats=len(t), device=str(self.segmenter.device),
+                           torch_threads=torch.get_num_threads(), clip_model=c.clip_model, sam_model=c.sam_kind,
+                           random_weights=c.random_weights, peak_rss_mb=round(rss, 1),
+                           cuda_peak_mb=None if cuda is None else round(cuda, 1), params=params)
+
+    def classification(self, sizes: Sequence[int], n_masks: Sequence[int], n_classes: int = 20,
+                       crop_n_masks: Sequence[int] | None = None) -> list[BenchRecord]:
+        """One-pass (dense encoding at clip_size = image size, pooling, softmax) against the crop baseline
+        (batched encode_crops, softmax) on the same masks and text. Warm-up once per method and size."""
+        seg = self.segmenter
+        clip, opts = seg.clip, seg.config.options
+        text = seg.text_cache.vocabulary(clip, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]),
+                                         opts.templates)
+        crop_ns = n_masks if crop_n_masks is None else crop_n_masks
+        out = []
+        for size in sizes:
+            image = synthetic_image(size)
+            for method in ("one-pass", "crop"):
+                for i, n in enumerate(n for n in n_masks if method == "one-pass" or n in crop_ns):
+                    props = synthetic_proposals(image.shape[:2], n, seed=n)
+
+                    def run(props: Proposals = props, method: str = method, size: int = size,
+                            image: np.ndarray = image) -> None:
+                        if method == "one-pass":
+                            feats = dense_features(clip, image, size, opts.severance, opts.n_severed)
+                            probabilities(pool_segments(feats, props), text, opts.logit_scale)
+                        else:
+                            emb = encode_crops(clip, image, props, opts.crop_margin, opts.crop_batch_size)
+                            probabilities(emb, text, opts.logit_scale)
+
+                    times = time_calls(run, self.repeats, self.warmup if i == 0 else 0, seg.device)
+                    out.append(self.record("classify", method, len(props), size, times, n_classes=n_classes,
+                                           clip_size=size, crop_batch_size=opts.crop_batch_size))
+                    self.advance(f"classify {method} {size}px N={n}")
+        return out
+
+    def requery(self, class_counts: Sequence[int] = (20, 150), templates: str | None = None) -> list[BenchRecord]:
+        """A new vocabulary or threshold on an image whose proposals and features are cached.
+
+        "cached": every name was encoded before, so only pooling, softmax and the label maps run;
+        "new": a fresh text cache, so every name is encoded first. The 150 names are encoded once.
+        """
+        base = self.segmenter
+        opts = base.config.options if templates is None else replace(base.config.options, templates=templates)
+        image = synthetic_image(min(E2E_IMAGE, opts.max_side))
+        seg = _FixedProposals(replace(base.config, options=opts), synthetic_proposals(image.shape[:2],
+                                                                                      REQUERY_MASKS))
+        vocabs = {n: Vocabulary.from_names(PRESETS["ade20k"][:n]) for n in class_counts}
+        out = []
+        for n in class_counts:
+            seg.text_cache = TextEmbeddingCache()
+            new = time_calls(lambda n=n: seg.segment(image, vocabs[n], "one-pass"), 1, 0, seg.device)
+            cached = time_calls(lambda n=n: seg.segment(image, vocabs[n], "one-pass", none_threshold=0.01),
+                                self.repeats, self.warmup, seg.device)
+            for text, times in (("new", new), ("cached", cached)):
+                out.append(self.record("requery", "one-pass", REQUERY_MASKS, image.shape[1], times,
+                                       n_classes=n, text=text, templates=opts.templates, clip_size=opts.clip_size))
+                self.advance(f"re-query {n} classes, text {text}")
+        return out
+
+    def end_to_end(self, configs: Sequence[tuple[str, int | None]], methods: Sequence[str] = ("one-pass", "both"),
+                   repeats: int = 1) -> list[BenchRecord]:
+        """Full ``Segmenter.segment`` with SAM, caches emptied before every call; text is encoded beforehand
+        (the app caches it). No extra warm-up: the classification runs before it warmed CLIP, and a SAM
+        warm-up would cost a whole encoder pass."""
+        seg = self.segmenter
+        image = synthetic_image(E2E_IMAGE)
+        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        seg.text_cache.vocabulary(seg.clip, vocab, seg.config.options.templates)
+        out = []
+        for preset, points in configs:
+            overrides = {"points_per_side": points} if points else {}
+            opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS[preset], **overrides)
+            for method in methods:
+                results = []
+
+                def run(opts: Any = opts, method: str = method, results: list = results) -> None:
+                    seg.clear_cache()
+                    results.append(seg.segment(image, vocab, method, options=opts))
+
+                times = time_calls(run, repeats, 0, seg.device)
+                last = results[-1]
+                n = len(next(iter(last.methods.values())).segments)
+                stages = {f"{m}_seconds": round(r.first_run_timings["total"], 4) for m, r in last.methods.items()}
+                out.append(self.record("e2e", method, n, max(image.shape[:2]), times, preset=preset,
+                                       points_per_side=opts.proposals.points_per_side, preset_default=not points,
+                                       max_side=opts.max_side,
+                                       clip_size=opts.clip_size, n_classes=len(vocab), **stages))
+                self.advance(f"end to end {preset} pps={opts.proposals.points_per_side} {method}")
+        return out
+
+    def memory(self, records: Sequence[BenchRecord]) -> BenchRecord:
+        """The run's peak memory; it counts for the 1024 px target only if SAM and CLIP ran on a 1024 px image
+        (an end-to-end record) or CLIP encoded one densely."""
+        largest = max((r.image_size or 0 for r in records if r.kind in ("e2e", "classify")), default=0)
+        return self.record("memory", "all", None, largest, [], max_image_size=largest,
+                           sam_ran=any(r.kind == "e2e" for r in records))
+
+
+class _FixedProposals(Segmenter):
+    """A Segmenter whose proposal stage returns given masks: re-query cost with N known, without SAM."""
+
+    def __init__(self, config: SegmenterConfig, proposals: Proposals) -> None:
+        super().__init__(config)
+        self.fixed = proposals
+
+    def proposals(self, image: np.ndarray, options: Any, key: str | None = None, deadline: Any = None
+                  ) -> tuple[_Timed, bool]:
+        return _Timed(self.fixed, 0.0), True
+
+
+# -- targets ---------------------------------------------------------------------------------------------
+def _median(records: Sequence[dict], **match: Any) -> float | None:
+    for r in records:
+        if all(r.get(k) == v for k, v in match.items()) and r.get("seconds_median") is not None:
+            return r["seconds_median"]
+    return None
+
+
+def evaluate_targets(records: Sequence[dict]) -> list[TargetResult]:
+    """The issue's targets, judged from flat records (``BenchRecord.to_dict``); SKIP when not measured."""
+    out = []
+    for size, limit in ((448, 15.0), (672, 6.0)):
+        one = _median(records, kind="classify", method="one-pass", image_size=size, n_masks=100)
+        crop = _median(records, kind="classify", method="crop", image_size=size, n_masks=100)
+        ratio = crop / one if one and crop else None
+        out.append(_judge(f"one-pass >= {limit:g}x faster than crop, N=100 @{size}", ratio, limit, higher=True,
+                          detail=f"crop {crop}s / one-pass {one}s"))
+    ratios = []
+    for size in sorted({r["image_size"] for r in records if r.get("kind") == "classify"}):
+        lo = _median(records, kind="classify", method="one-pass", image_size=size, n_masks=10)
+        hi = _median(records, kind="classify", method="one-pass", image_size=size, n_masks=200)
+        if lo and hi:
+            ratios.append((hi / lo, size))
+    worst = max(ratios, default=None)
+    out.append(_judge("one-pass time N=200 <= 1.3x N=10 (worst size)", worst[0] if worst else None, 1.3,
+                      higher=False, detail=f"at {worst[1]}px" if worst else "", inclusive=True))
+    requery = _median(records, kind="requery", n_classes=20, text="cached")
+    out.append(_judge("20-class re-query on a cached image < 0.1 s", requery, 0.1, higher=False, detail=""))
+    mem = [r for r in records if r.get("kind") == "memory" and (r.get("max_image_size") or 0) >= 1024
+           and r.get("sam_ran")]
+    peak = mem[-1]["peak_rss_mb"] / 1024 if mem else None
+    out.append(_judge("peak RSS with a 1024 px image < 4 GB", peak, 4.0, higher=False, detail="GiB"))
+    demo = _median(records, kind="e2e", method="one-pass", preset="demo", preset_default=True)
+    fast = _median(records, kind="e2e", method="one-pass", preset="fast", preset_default=True)
+    speed = demo / fast if demo and fast else None
+    out.append(_judge('"fast" preset >= 3x faster end to end than "demo"', speed, 3.0, higher=True,
+                      detail=f"demo {demo}s / fast {fast}s"))
+    return out
+
+
+def _judge(name: str, value: float | None, limit: float, higher: bool, detail: str,
+           inclusive: bool = False) -> TargetResult:
+    if value is None:
+        return TargetResult(name, "SKIP", None, limit, "not measured in this run")
+    ok = value >= limit if higher else (value <= limit if inclusive else value < limit)
+    return TargetResult(name, "PASS" if ok else "FAIL", round(value, 4), limit, detail)
+
+
+def targets_record(targets: Sequence[TargetResult], template: dict | None = None) -> dict[str, Any]:
+    """The final JSON record: the record schema with no measurement, and the targets list."""
+    base = {k: None for k in ("method", "n_masks", "image_size", "seconds_median")}
+    for k in ("device", "torch_threads", "clip_model", "sam_model", "random_weights"):
+        base[k] = (template or {}).get(k)
+    return {"kind": "targets", **base, "method": "targets", "targets": [asdict(t) for t in targets]}
+
+
+# -- output ----------------------------------------------------------------------------------------------
+def _detail(r: dict) -> str:
+    if r["kind"] == "classify":
+        return f"{r.get('n_classes')} classes"
+    if r["kind"] == "requery":
+        return f"{r.get('n_classes')} classes, text {r.get('text')}"
+    if r["kind"] == "e2e":
+        return f"{r.get('preset')} pps={r.get('points_per_side')}"
+    return f"max image {r.get('max_image_size')}px" if r["kind"] == "memory" else ""
+
+
+def format_table(records: Sequence[dict]) -> str:
+    rows = [("kind", "method", "size", "N", "detail", "median s", "min-max s", "peak RSS MB")]
+    for r in records:
+        if r["kind"] == "targets":
+            continue
+        detail = _detail(r)
+        med = "" if r["seconds_median"] is None else f"{r['seconds_median']:.3f}"
+        spread = "" if r["seconds_min"] is None else f"{r['seconds_min']:.3f}-{r['seconds_max']:.3f}"
+        rows.append((r["kind"], r["method"], str(r["image_size"] or ""), str(r["n_masks"] or ""), detail, med,
+                     spread, f"{r['peak_rss_mb']:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    speedups = []
+    for r in records:
+        if r["kind"] == "classify" and r["method"] == "one-pass":
+            crop = _median(records, kind="classify", method="crop", image_size=r["image_size"], n_masks=r["n_masks"])
+            if crop:
+                speedups.append(f"{r['image_size']}px N={r['n_masks']}: {crop / r['seconds_median']:.1f}x")
+    if speedups:
+        lines.append("one-pass speed-up over crops: " + "; ".join(speedups))
+    return "\n".join(lines)
+
+
+def write_json(records: Sequence[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(records), indent=1) + "\n")
+
+
+def write_plot(records: Sequence[dict], path: str | Path) -> None:
+    """Classification latency against N, log-log: one-pass solid, crops dashed, one colour per size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    classify = [r for r in records if r["kind"] == "classify"]
+    sizes = sorted({r["image_size"] for r in classify})
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for i, size in enumerate(sizes):
+        for method, style in (("one-pass", "-o"), ("crop", "--s")):
+            pts = sorted((r["n_masks"], r["seconds_median"], r["seconds_min"], r["seconds_max"]) for r in classify
+                         if r["image_size"] == size and r["method"] == method)
+            if not pts:
+                continue
+            n, med, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.errorbar(n, med, yerr=[med - lo, hi - med], fmt=style, color=colours[i % len(colours)], capsize=3,
+                        label=f"{method} {size}px")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("masks per image (N)")
+    ax.set_ylabel("classification seconds (median)")
+    device = classify[0]["device"] if classify else ""
+    ax.set_title(f"DeOP one pass vs crop baseline ({device})")
+    ax.grid(True, which="both", alpha=0.3)
+    if classify:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+# -- command ---------------------------------------------------------------------------------------------
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_model_arguments
+
+    p = sub.add_parser("bench", help="time one-pass vs crop classification, re-query, end to end and memory")
+    p.add_argument("--quick", action="store_true",
+                   help=f"sizes {QUICK_SIZES}, N {QUICK_N} (crops up to 100), 1 repeat, end to end fast only")
+    p.add_argument("--sizes", type=_ints, default=None, help="image long sides, e.g. 448,672,1024")
+    p.add_argument("--n-masks", type=_ints, default=None, help="masks per image, e.g. 10,25,50,100,200")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 3)")
+    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs with SAM")
+    p.add_argument("--e2e-points", type=_ints, default=None,
+                   help="points_per_side values run with the fast preset (default 8,12,16) besides demo")
+    p.add_argument("--json", default=None, help="write the records here")
+    p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Sizes, N, repeats and end-to-end configurations from the flags (--quick sets smaller defaults)."""
+    quick = args.quick
+    points = args.e2e_points
+    if quick:
+        e2e = [("fast", None)] + [("fast", p) for p in points or ()]
+    else:
+        e2e = [("fast", p) for p in (points or (None, 12, 16))] + [("demo", None)]
+    return {
+        "sizes": args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES),
+        "n_masks": args.n_masks or (QUICK_N if quick else DEFAULT_N),
+        # The crop baseline is linear in N (one encoder pass per crop); --quick stops it at 100 to fit.
+        "crop_n_masks": tuple(n for n in (args.n_masks or QUICK_N) if n <= 100) if quick else None,
+        "repeats": args.repeats or (1 if quick else 3),
+        "e2e": [] if args.skip_e2e else e2e,
+        "e2e_methods": ("one-pass",) if quick else ("one-pass", "both"),
+        "templates": "single" if quick else None,
+    }
+
+
+def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
+    records = bench.classification(p["sizes"], p["n_masks"], crop_n_masks=p["crop_n_masks"])
+    if p["e2e"]:
+        records += bench.end_to_end(p["e2e"], p["e2e_methods"])
+    records += bench.requery(templates=p["templates"])
+    records.append(bench.memory(records))
+    flat = [r.to_dict() for r in records]
+    return flat + [targets_record(evaluate_targets(flat), flat[0])]
+
+
+def steps(p: dict[str, Any]) -> int:
+    crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
+    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    segmenter = Segmenter(SegmenterConfig(device=args.device, clip_model=args.clip_model,
+                                          clip_pretrained=args.clip_pretrained, sam_kind=args.sam,
+                                          random_weights=args.random_weights, half=args.half,
+                                          checkpoint_dir=args.checkpoint_dir))
+    p = plan(args)
+    segmenter.load()
+    if segmenter.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(segmenter.device)
+    with tqdm(total=steps(p), desc="bench", unit="step") as bar:
+        def advance(desc: str) -> None:
+            bar.set_postfix_str(desc)
+            bar.update()
+
+        records = run_bench(Bench(segmenter, repeats=p["repeats"], advance=advance), p)
+    print(format_table(records))
+    for t in records[-1]["targets"]:
+        print(f"{t['status']}  {t['name']}: {t['value']} (limit {t['limit']:g}) {t['detail']}")
+    if args.json:
+        write_json(records, args.json)
+    if args.plot:
+        write_plot(records, args.plot)
+    return 0

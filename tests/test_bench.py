@@ -1,0 +1,95 @@
+"""The bench's measurements on tiny settings (schema, files written) and its target logic. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deop.bench import (
+    Bench,
+    evaluate_targets,
+    format_table,
+    synthetic_proposals,
+    targets_record,
+    write_json,
+    write_plot,
+)
+
+REQUIRED = {"kind", "method", "n_masks", "image_size", "seconds_median", "seconds_min", "seconds_max", "device",
+            "torch_threads", "clip_model", "sam_model", "peak_rss_mb"}
+
+
+def test_synthetic_proposals_are_exactly_n_disjoint_segments():
+    props = synthetic_proposals((120, 160), 25, seed=3)
+    assert len(props) == 25
+    assert set(np.unique(props.segment_map)) == set(range(25))
+    assert props.areas.sum() == 120 * 160 and (props.areas > 0).all()
+    assert props.areas.max() > 4 * props.areas.min()  # varied sizes
+
+
+@pytest.fixture(scope="module")
+def records(segmenter):
+    steps = []
+    bench = Bench(segmenter, repeats=1, warmup=0, advance=steps.append)
+    out = bench.classification([224], [2, 5], n_classes=3)
+    out += bench.end_to_end([("fast", 2)], methods=("one-pass",))
+    out += bench.requery(class_counts=(3,), templates="single")
+    out.append(bench.memory(out))
+    assert len(steps) == len(out) - 1
+    flat = [r.to_dict() for r in out]
+    return flat + [targets_record(evaluate_targets(flat), flat[0])]
+
+
+def test_records_have_the_schema(records):
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("classify") == 4 and kinds.count("requery") == 2
+    assert kinds.count("e2e") == 1 and kinds[-2:] == ["memory", "targets"]
+    for r in records:
+        assert REQUIRED - {"seconds_min", "seconds_max", "peak_rss_mb"} <= set(r)
+        if r["kind"] in ("classify", "requery", "e2e"):
+            assert REQUIRED <= set(r) and r["seconds_median"] > 0 and r["seconds_min"] <= r["seconds_max"]
+    assert {(r["method"], r["n_masks"]) for r in records if r["kind"] == "classify"} == {
+        ("one-pass", 2), ("one-pass", 5), ("crop", 2), ("crop", 5)}
+    assert {t["status"] for t in records[-1]["targets"]} <= {"PASS", "FAIL", "SKIP"}
+    assert "one-pass" in format_table(records)
+
+
+def test_json_and_plot_are_written(records, tmp_path):
+    write_json(records, tmp_path / "b.json")
+    write_plot(records, tmp_path / "b.png")
+    assert json.loads((tmp_path / "b.json").read_text()) == records
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def fake(kind, method, size, n, seconds, **extra):
+    return {"kind": kind, "method": method, "image_size": size, "n_masks": n, "seconds_median": seconds, **extra}
+
+
+def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0, demo=90.0, fast=25.0):
+    return [
+        fake("classify", "one-pass", 448, 10, 1.0), fake("classify", "one-pass", 448, 100, one_448),
+        fake("classify", "one-pass", 448, 200, one_200), fake("classify", "crop", 448, 100, crop_448),
+        fake("classify", "one-pass", 672, 100, 2.0), fake("classify", "crop", 672, 100, 14.0),
+        fake("requery", "one-pass", 1024, 100, requery, n_classes=20, text="cached"),
+        fake("memory", "all", 1024, None, None, max_image_size=1024, sam_ran=True, peak_rss_mb=rss),
+        fake("e2e", "one-pass", 1024, 0, demo, preset="demo", preset_default=True),
+        fake("e2e", "one-pass", 1024, 0, fast, preset="fast", preset_default=True),
+    ]
+
+
+def test_targets_pass():
+    status = [t.status for t in evaluate_targets(synthetic())]
+    assert status == ["PASS"] * 6
+
+
+def test_targets_fail():
+    results = evaluate_targets(synthetic(crop_448=10.0, one_200=1.5, requery=0.2, rss=5000.0, fast=40.0))
+    assert [t.status for t in results] == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "FAIL"]
+    assert results[0].value == pytest.approx(10.0)
+
+
+def test_targets_skip_what_was_not_measured():
+    records = [r for r in synthetic() if r["kind"] != "e2e" and r["kind"] != "memory"]
+    assert [t.status for t in evaluate_targets(records)][-2:] == ["SKIP", "SKIP"]
