@@ -6,6 +6,8 @@ config keeps the automatic mask generator to well under a second per image on tw
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +57,20 @@ def scene(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def scene_image() -> np.ndarray:
     return scene()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(segmenter):
+    from app import build_app
+
+    demo = build_app(SMALL_CONFIG)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

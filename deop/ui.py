@@ -1,0 +1,122 @@
+"""What the web app shows, computed without Gradio so that it is unit-testable: tables, annotations,
+downloads and plain-words messages. ``app.py`` only lays out widgets and calls these."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import render
+from .errors import USER_ERRORS
+from .export import save_result
+from .result import STAGES, SegmentationResult
+from .segmenter import Segmenter
+
+METHOD_TITLES = {"one-pass": "One pass (DeOP)", "crop": "Crop baseline", "dense": "Dense (no SAM)"}
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "deop-app"
+
+
+class ModelLoader:
+    """Loads the models in a background thread so the page is usable meanwhile; remembers the outcome."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._load, daemon=True)
+
+    def start(self) -> ModelLoader:
+        self._thread.start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self.segmenter.load()
+        except USER_ERRORS as exc:
+            self.error = str(exc)
+        finally:
+            self.ready.set()
+
+    def status(self) -> str:
+        c = self.segmenter.config
+        if not self.ready.is_set():
+            return "⏳ Loading models…"
+        if self.error:
+            return f"⚠️ Models could not be loaded. {self.error}"
+        weights = "random weights" if c.random_weights else f"{c.clip_pretrained} weights"
+        return f"✅ Ready: CLIP {c.clip_model} ({weights}) and SAM {c.sam_kind} on {self.segmenter.device}"
+
+
+def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:
+    """(mask, class name) pairs for gr.AnnotatedImage, one per class present, largest first."""
+    label_map = result.methods[method].label_map
+    return [(label_map == index, name) for index, name, _ in render.legend_entries(label_map, result.classes)]
+
+
+def latency_markdown(result: SegmentationResult) -> str:
+    """A per-stage table of seconds for each method, the speed-ups, and whether the cache was used."""
+    names = list(result.methods)
+    head = "| stage | " + " | ".join(METHOD_TITLES.get(n, n) for n in names) + " |"
+    rows = [head, "|---" * (len(names) + 1) + "|"]
+    for stage in STAGES:
+        cells = [f"{result.methods[n].first_run_timings.get(stage, result.methods[n].timings[stage]):.3f} s"
+                 for n in names]
+        rows.append(f"| {stage.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines = ["\n".join(rows)]
+    if result.speedup("clip"):
+        lines.append(f"**One CLIP pass is {result.speedup('clip'):.1f}x faster than one pass per crop** "
+                     f"(CLIP stages; {result.speedup('total'):.1f}x end to end, "
+                     f"{len(result.methods['crop'].segments)} segments).")
+    if result.agreement:
+        lines.append(f"The two methods agree on {100 * result.agreement['segments']:.0f}% of segments "
+                     f"({100 * result.agreement['pixels']:.0f}% of their pixels).")
+    first = next(iter(result.methods.values()))
+    if first.cached:
+        this_call = first.timings["total"]
+        lines.append(f"♻️ Proposals and image features reused from cache: this run took {this_call:.3f} s "
+                     f"instead of {first.first_run_timings['total']:.3f} s (first-run times shown above).")
+    return "\n\n".join(lines)
+
+
+def chart(result: SegmentationResult) -> np.ndarray:
+    data = {METHOD_TITLES.get(n, n): {s: m.first_run_timings.get(s, m.timings[s]) for s in STAGES}
+            for n, m in result.methods.items()}
+    return render.bar_chart_png(data, "Latency per stage (s)")
+
+
+def downloads(image: np.ndarray, result: SegmentationResult) -> list[str]:
+    """Overlay and label PNGs, results JSON and a ZIP of per-class masks, in a fresh folder of our own."""
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="result-", dir=OUTPUT_ROOT))
+    written = save_result(image, result, folder, "segmentation")
+    zip_path = folder / "segmentation_masks.zip"
+    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+    zip_path.write_bytes(render.masks_zip(result.methods[method].label_map, result.classes))
+    return [str(p) for p in written.values()] + [str(zip_path)]
+
+
+def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) -> np.ndarray | None:
+    """A class's CLIP similarity over the image, or None when no dense map ran."""
+    if result.similarity is None or class_name not in result.classes:
+        return None
+    return render.heatmap(image, result.similarity[result.classes.index(class_name)])
+
+
+def segment_at(result: SegmentationResult, x: int, y: int) -> str:
+    """Top-5 classes of the segment under a clicked pixel, as Markdown."""
+    if result.segment_map is None:
+        return "This method has no segments to click."
+    h, w = result.segment_map.shape
+    if not (0 <= y < h and 0 <= x < w) or result.segment_map[y, x] < 0:
+        return "No segment here (this pixel was filled from the dense map)."
+    index = int(result.segment_map[y, x])
+    lines = [f"**Segment {index}** ({result.methods[m].segments[index].area} px)" for m in result.methods
+             if m != "dense"][:1]
+    for name, m in result.methods.items():
+        if m.segments:
+            top = ", ".join(f"{c} {p:.2f}" for c, p in m.segments[index].top5)
+            lines.append(f"- {METHOD_TITLES.get(name, name)}: {top}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""The app in a real browser: headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import scene
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    if os.environ.get("DEOP_REQUIRE_BROWSER"):
+        raise RuntimeError("DEOP_REQUIRE_BROWSER is set but /usr/bin/chromium is missing (apt-get install chromium)")
+    pytest.skip("Chromium is not installed (/usr/bin/chromium); .ci/run installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page_url(app_url):
+    return app_url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                               "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("viewport,name", [((1366, 900), "app-laptop"), ((390, 844), "app-phone")])
+def test_upload_type_segment_and_see_both_methods(browser, page_url, tmp_path, viewport, name):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=12)).save(path)
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(page_url, wait_until="load")  # a status timer polls, so the network is never idle
+    page.wait_for_selector("#random-banner", timeout=60_000)
+    assert "RANDOM WEIGHTS" in page.inner_text("#random-banner")
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    box = page.get_by_label("Classes")
+    box.fill("sky, grass, ball")
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.wait_for_selector("#latency :text('Crop baseline')", timeout=120_000)
+    latency = page.inner_text("#latency")
+    assert "One pass (DeOP)" in latency and "Crop baseline" in latency and "total" in latency
+    page.wait_for_timeout(500)
+    body = page.inner_text("body")
+    assert any(c in body for c in ("sky", "grass", "ball"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.close()
