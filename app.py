@@ -14,7 +14,7 @@ from deop.cli import add_model_arguments, add_option_arguments, config_from_args
 from deop.dense_clip import SEVERANCE_VARIANTS
 from deop.errors import USER_ERRORS
 from deop.models import RANDOM_WEIGHTS_WARNING
-from deop.presets import PRESET_TITLES, PRESETS
+from deop.presets import PRESET_TITLES, PRESETS, TEMPLATES
 from deop.segmenter import Segmenter
 from deop.vocabulary import Vocabulary
 
@@ -33,7 +33,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
                 pred_iou_thresh=defaults.proposals.pred_iou_thresh,
                 stability_score_thresh=defaults.proposals.stability_score_thresh, max_side=defaults.max_side,
                 severance=defaults.severance, none_threshold=defaults.none_threshold,
-                fill_uncovered=defaults.fill_uncovered, state=None, progress=gr.Progress()):
+                fill_uncovered=defaults.fill_uncovered, templates=defaults.templates, clip_size=defaults.clip_size,
+                n_severed=defaults.n_severed, max_masks=defaults.proposals.max_masks,
+                min_mask_region_area=defaults.proposals.min_mask_region_area,
+                box_nms_thresh=defaults.proposals.box_nms_thresh, state=None, progress=gr.Progress()):
         if image is None:
             raise gr.Error("Upload an image first (or click an example).")
         loader.ready.wait()
@@ -45,7 +48,9 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
                 progress=lambda f, d: progress(f, desc=d), points_per_side=int(points_per_side),
                 pred_iou_thresh=float(pred_iou_thresh), stability_score_thresh=float(stability_score_thresh),
                 max_side=int(max_side), severance=severance, none_threshold=float(none_threshold),
-                fill_uncovered=bool(fill_uncovered))
+                fill_uncovered=bool(fill_uncovered), templates=templates, clip_size=int(clip_size),
+                n_severed=int(n_severed), max_masks=int(max_masks), min_mask_region_area=int(min_mask_region_area),
+                box_nms_thresh=float(box_nms_thresh))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
         first = "one-pass" if "one-pass" in result.methods else method
@@ -62,8 +67,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
     def click(state, evt: gr.SelectData):
         if not state or evt.index is None:
             return "Segment an image first."
-        x, y = evt.index[0], evt.index[1]
-        return ui.segment_at(state["result"], int(x), int(y))
+        if isinstance(evt.index, (list, tuple)):  # a pixel position
+            return ui.segment_at(state["result"], int(evt.index[0]), int(evt.index[1]))
+        label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value  # an annotation
+        return ui.class_segments(state["result"], str(label))
 
     with gr.Blocks(title="DeOP open-vocabulary segmentation") as demo:
         gr.Markdown("# DeOP: open-vocabulary segmentation in one CLIP pass\n"
@@ -93,6 +100,13 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
                                             label="Patch severance variant")
                     threshold = gr.Slider(0, 1, value=defaults.none_threshold, label='"None of these" threshold')
                     fill = gr.Checkbox(value=defaults.fill_uncovered, label="Fill uncovered pixels from the dense map")
+                    templates = gr.Dropdown(list(TEMPLATES), value=defaults.templates, label="Prompt templates")
+                    clip_size = gr.Slider(224, 1024, value=defaults.clip_size, step=16, label="CLIP input long side")
+                    n_severed = gr.Slider(1, 4, value=defaults.n_severed, step=1, label="Severed final blocks")
+                    max_masks = gr.Slider(1, 300, value=defaults.proposals.max_masks, step=1, label="Max masks")
+                    min_area = gr.Slider(0, 2000, value=defaults.proposals.min_mask_region_area, step=10,
+                                         label="SAM min mask region area (px)")
+                    nms = gr.Slider(0, 1, value=defaults.proposals.box_nms_thresh, label="SAM box NMS threshold")
                 run = gr.Button("Segment", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -109,7 +123,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
 
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
                       vocabulary)
-        run.click(segment, [image, vocabulary, method, pps, iou, stab, max_side, severance, threshold, fill, state],
+        run.click(segment, [image, vocabulary, method, pps, iou, stab, max_side, severance, threshold, fill, templates,
+                            clip_size, n_severed, max_masks, min_area, nms, state],
                   [out_left, out_right, latency, chart, files, heat_class, state], api_name="segment")
         heat_class.change(heatmap, [heat_class, state], heat)
         out_left.select(click, [state], clicked)

@@ -43,11 +43,11 @@ class ModelLoader:
     def status(self) -> str:
         c = self.segmenter.config
         if not self.ready.is_set():
-            return "⏳ Loading models…"
+            return "Loading models…"
         if self.error:
-            return f"⚠️ Models could not be loaded. {self.error}"
+            return f"**Models could not be loaded.** {self.error}"
         weights = "random weights" if c.random_weights else f"{c.clip_pretrained} weights"
-        return f"✅ Ready: CLIP {c.clip_model} ({weights}) and SAM {c.sam_kind} on {self.segmenter.device}"
+        return f"Ready: CLIP {c.clip_model} ({weights}) and SAM {c.sam_kind} on {self.segmenter.device}"
 
 
 def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:
@@ -76,7 +76,7 @@ def latency_markdown(result: SegmentationResult) -> str:
     first = next(iter(result.methods.values()))
     if first.cached:
         this_call = first.timings["total"]
-        lines.append(f"♻️ Proposals and image features reused from cache: this run took {this_call:.3f} s "
+        lines.append(f"Proposals and image features reused from cache: this run took {this_call:.3f} s "
                      f"instead of {first.first_run_timings['total']:.3f} s (first-run times shown above).")
     return "\n\n".join(lines)
 
@@ -119,4 +119,21 @@ def segment_at(result: SegmentationResult, x: int, y: int) -> str:
         if m.segments:
             top = ", ".join(f"{c} {p:.2f}" for c, p in m.segments[index].top5)
             lines.append(f"- {METHOD_TITLES.get(name, name)}: {top}")
+    return "\n".join(lines)
+
+
+def class_segments(result: SegmentationResult, class_name: str, limit: int = 5) -> str:
+    """Top-5 classes of the largest segments labelled `class_name` (what a click on a legend entry or
+    a region of the annotated overlay selects)."""
+    if class_name not in result.classes:
+        return "Click a coloured region to see its segments' top-5 classes."
+    index = result.classes.index(class_name)
+    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+    segments = sorted((s for s in result.methods[method].segments if s.label == index), key=lambda s: -s.area)
+    if not segments:
+        return f"**{class_name}** comes from the dense per-pixel map here, not from a SAM segment."
+    lines = [f"**{class_name}**: {len(segments)} segment(s)"]
+    for seg in segments[:limit]:
+        top = ", ".join(f"{c} {p:.2f}" for c, p in seg.top5)
+        lines.append(f"- segment {seg.id} ({seg.area} px): {top}")
     return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""What the app shows, computed from a real (random-weight) result."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import scene
+from deop import ui
+
+
+@pytest.fixture(scope="module")
+def shown(segmenter):
+    image = scene(seed=40)
+    return image, segmenter.segment(image, "sky, grass, ball", method="both")
+
+
+def test_annotations_match_the_label_map(shown):
+    _, result = shown
+    pairs = ui.annotations(result, "one-pass")
+    label_map = result.methods["one-pass"].label_map
+    assert {name for _, name in pairs} == {result.classes[i] for i in np.unique(label_map[label_map >= 0])}
+    for mask, name in pairs:
+        assert (label_map[mask] == result.classes.index(name)).all()
+
+
+def test_latency_table_shows_every_stage_and_the_speedup(shown):
+    _, result = shown
+    text = ui.latency_markdown(result)
+    for stage in ("proposals", "image encoding", "text encoding", "classification", "total"):
+        assert f"| {stage} |" in text
+    total = result.methods["crop"].first_run_timings["total"]
+    assert f"{total:.3f} s" in text
+    assert f"{result.speedup('clip'):.1f}x faster" in text
+
+
+def test_downloads_decode(shown):
+    image, result = shown
+    files = {Path(p).name: Path(p) for p in ui.downloads(image, result)}
+    assert Path(files["segmentation.json"]).parent.parent == ui.OUTPUT_ROOT
+    assert json.loads(files["segmentation.json"].read_text())["classes"] == result.classes
+    labels = np.array(Image.open(files["segmentation_labels.png"]))
+    assert labels.shape == result.methods["one-pass"].label_map.shape
+    with zipfile.ZipFile(files["segmentation_masks.zip"]) as z:
+        assert "classes.json" in z.namelist()
+
+
+def test_clicks_and_heatmaps(shown):
+    image, result = shown
+    seg = result.methods["one-pass"].segments[0]
+    ys, xs = np.nonzero(result.mask(seg.id))
+    text = ui.segment_at(result, int(xs[0]), int(ys[0]))
+    assert f"Segment {seg.id}" in text and seg.top5[0][0] in text
+    assert "segment(s)" in ui.class_segments(result, result.classes[seg.label])
+    heat = ui.heatmap_for(image, result, "grass")
+    assert heat.shape[:2] == image.shape[:2]
+    assert ui.heatmap_for(image, result, "not a class") is None
