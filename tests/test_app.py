@@ -53,3 +53,30 @@ def test_bad_vocabulary_is_a_message_and_the_app_keeps_serving(client, tmp_path)
 def test_page_shows_status_and_random_weights_banner(app_url):
     html = urllib.request.urlopen(app_url, timeout=30).read().decode()
     assert "RANDOM WEIGHTS" in html
+
+
+def test_without_weights_the_page_loads_and_explains(tmp_path):
+    """No checkpoint and no downloads: the page still serves, and Segment answers with the fix."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from app import build_app
+    from conftest import _free_port
+    from deop import SegmenterConfig
+
+    config = SegmenterConfig(device="cpu", checkpoint_dir=str(tmp_path / "empty"), download=False)
+    demo = build_app(config)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert urllib.request.urlopen(url, timeout=30).status == 200
+        path = tmp_path / "scene.png"
+        Image.fromarray(scene(seed=3)).save(path)
+        with pytest.raises(AppError) as info:
+            Client(url, verbose=False).predict(handle_file(str(path)), "cat", "one-pass", api_name="/segment")
+        message = str(info.value)
+        assert "sam_vit_b_01ec64.pth" in message and "--random-weights" in message
+        assert "RANDOM WEIGHTS" not in urllib.request.urlopen(url, timeout=30).read().decode()
+    finally:
+        demo.close()

@@ -60,3 +60,14 @@ def test_clicks_and_heatmaps(shown):
     heat = ui.heatmap_for(image, result, "grass")
     assert heat.shape[:2] == image.shape[:2]
     assert ui.heatmap_for(image, result, "not a class") is None
+
+
+def test_status_line_explains_missing_weights(tmp_path):
+    from deop import Segmenter, SegmenterConfig
+
+    seg = Segmenter(SegmenterConfig(device="cpu", checkpoint_dir=str(tmp_path), download=False))
+    loader = ui.ModelLoader(seg).start()
+    assert loader.ready.wait(60)
+    status = loader.status()
+    assert status.startswith("**Models could not be loaded.**")
+    assert str(tmp_path) in status and "--random-weights" in status
