@@ -23,7 +23,7 @@ HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
 
 
-def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.Blocks:
+def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_size: int = 16) -> gr.Blocks:
     segmenter = Segmenter(config)
     loader = ui.ModelLoader(segmenter).start()
     defaults = config.options
@@ -130,7 +130,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0) -> gr.B
         out_left.select(click, [state], clicked)
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
-    demo.queue(default_concurrency_limit=1, max_size=16)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 
 
