@@ -78,3 +78,32 @@ def test_sam_checkpoint_loads_through_the_safe_path(tmp_path):
     fresh.load_state_dict(state)
     for a, b in zip(fresh.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("budget", [1, 10**12])  # one head at a time, and all heads at once
+def test_lean_attention_equals_sam_attention(budget):
+    """The chunked attention is SAM's own, to float rounding, with non-zero relative position tables."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from deop.lean_attention import LeanAttention, lean_sam_attention
+
+    torch.manual_seed(0)
+    stock = Attention(32, num_heads=4, use_rel_pos=True, input_size=(8, 8))
+    with torch.no_grad():
+        for p in stock.parameters():
+            p.normal_()
+    x = torch.randn(2, 8, 8, 32)
+    expected = stock(x)
+    holder = torch.nn.Sequential(stock)
+    lean_sam_attention(holder, budget_bytes=budget)
+    assert isinstance(stock, LeanAttention)
+    torch.testing.assert_close(stock(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_built_sam_uses_lean_attention(tiny_sam):
+    from segment_anything.modeling.image_encoder import Attention
+
+    from deop.lean_attention import LeanAttention
+
+    attentions = [m for m in tiny_sam.image_encoder.modules() if isinstance(m, Attention)]
+    assert attentions and all(isinstance(m, LeanAttention) for m in attentions)
