@@ -25,7 +25,7 @@ from .classify import dense_features, encode_crops, pool_segments, probabilities
 from .config import PROPOSAL_PRESETS, SegmenterConfig
 from .presets import PRESETS
 from .proposals import Proposals, segment_boxes
-from .segmenter import Segmenter, _Timed
+from .segmenter import Segmenter, TimedValue
 from .text_embeddings import TextEmbeddingCache
 from .timing import stopwatch
 from .vocabulary import Vocabulary
@@ -271,8 +271,8 @@ class _FixedProposals(Segmenter):
         self.fixed = proposals
 
     def proposals(self, image: np.ndarray, options: Any, key: str | None = None, deadline: Any = None
-                  ) -> tuple[_Timed, bool]:
-        return _Timed(self.fixed, 0.0), True
+                  ) -> tuple[TimedValue, bool]:
+        return TimedValue(self.fixed, 0.0), True
 
 
 # -- targets ---------------------------------------------------------------------------------------------

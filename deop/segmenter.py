@@ -33,8 +33,10 @@ class DeviceOutOfMemory(RuntimeError):
 
 
 @dataclass
-class _Timed:
-    """A cached stage's value with what it cost when it was computed."""
+class TimedValue:
+    """A cached stage's value with what it cost when it was computed: a cache hit reports the first run's
+    cost, so the app can show what was saved. Public so that a subclass (the bench's fixed proposals)
+    can return its own stage values."""
 
     value: Any
     seconds: float
@@ -93,25 +95,25 @@ class Segmenter:
             cache.clear()
 
     # -- cached stages ---------------------------------------------------------------------------
-    def _timed(self, cache: LRUCache, key: tuple, stage: str, compute: Callable[[], Any]) -> tuple[_Timed, bool]:
-        def run() -> _Timed:
+    def _timed(self, cache: LRUCache, key: tuple, stage: str, compute: Callable[[], Any]) -> tuple[TimedValue, bool]:
+        def run() -> TimedValue:
             record: dict[str, float] = {}
             with stopwatch(record, stage, self.device):
                 value = compute()
             self.stage_runs[stage] += 1
-            return _Timed(value, record[stage])
+            return TimedValue(value, record[stage])
 
         return cache.get_or_compute(key, run)
 
     def proposals(self, image: np.ndarray, options: SegmentOptions, key: str | None = None,
-                  deadline: Deadline | None = None) -> tuple[_Timed, bool]:
+                  deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
         key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, options.proposals)
         return self._timed(self._proposals, key, "proposals",
                            lambda: generate_proposals(self.sam_at(options.proposals.sam_input_size), image,
                                                       options.proposals, deadline))
 
     def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
-                 ) -> tuple[_Timed, bool]:
+                 ) -> tuple[TimedValue, bool]:
         clip = self.clip
         key = (key or image_key(image), clip.key, options.clip_size, options.severance, options.n_severed)
         return self._timed(self._features, key, "dense",
@@ -119,7 +121,7 @@ class Segmenter:
                                                   options.n_severed))
 
     def crop_embeddings(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
-                        key: str | None = None, deadline: Deadline | None = None) -> tuple[_Timed, bool]:
+                        key: str | None = None, deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
         clip = self.clip
         key = (key or image_key(image), clip.key, self.config.sam_kind, options.proposals, options.crop_margin)
         return self._timed(self._crops, key, "crops",
