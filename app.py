@@ -13,14 +13,35 @@ from deop import SegmenterConfig, ui
 from deop.cli import add_model_arguments, add_option_arguments, config_from_args
 from deop.dense_clip import SEVERANCE_VARIANTS
 from deop.errors import USER_ERRORS
+from deop.images import ImageError, load_image
 from deop.models import RANDOM_WEIGHTS_WARNING
 from deop.presets import PRESET_TITLES, PRESETS, TEMPLATES
 from deop.segmenter import Segmenter
 from deop.vocabulary import Vocabulary
 
 ROOT = Path(__file__).resolve().parent
+CLICK_HINT = "Click a segment in the image above, or a class in an overlay's legend, to see its top-5 classes."
 HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man, woman, child` is one class. "
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
+
+
+def image_input(**kwargs) -> gr.Image:
+    """An image upload whose file reaches ``deop.images.load_image`` unopened.
+
+    Stock gr.Image opens every upload with PIL before our code runs, so a non-image, a truncated file or a
+    decompression bomb fails inside Gradio with a bare "Error"; our loader names the problem instead and
+    handles what PIL alone gets wrong (EXIF rotation, CMYK, 16-bit, alpha). The override is per instance:
+    a gr.Image subclass would make Gradio write a type-stub file next to this one at import time."""
+    component = gr.Image(type="filepath", **kwargs)
+    stock = component.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return stock(payload)
+
+    component.preprocess = preprocess
+    return component
 
 
 def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_size: int = 16) -> gr.Blocks:
@@ -43,6 +64,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if loader.error:
             raise gr.Error(loader.error)
         try:
+            image = load_image(image)
+        except ImageError as exc:  # name the user's file, not the server's upload folder
+            raise gr.Error(str(exc).replace(str(image), Path(str(image)).name)) from None
+        try:
             result = segmenter.segment(
                 image, vocabulary, method=method, timeout=time_limit,
                 progress=lambda f, d: progress(f, desc=d), points_per_side=int(points_per_side),
@@ -59,18 +84,25 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         heat_choices = gr.update(choices=result.classes, value=result.classes[0])
         state = {"image": image, "result": result}
         return (left, gr.update(value=right, visible=right is not None), ui.latency_markdown(result),
-                ui.chart(result), ui.downloads(image, result), heat_choices, state)
+                ui.chart(result), ui.downloads(image, result), heat_choices, ui.inspect_view(image, result),
+                CLICK_HINT, state)
 
     def heatmap(class_name, state):
         return None if not state else ui.heatmap_for(state["image"], state["result"], class_name)
 
-    def click(state, evt: gr.SelectData):
-        if not state or evt.index is None:
+    def click_legend(state, evt: gr.SelectData):
+        """A click on a legend entry of the overlay (Gradio reports the annotation's index and label)."""
+        if not state:
             return "Segment an image first."
-        if isinstance(evt.index, (list, tuple)):  # a pixel position
-            return ui.segment_at(state["result"], int(evt.index[0]), int(evt.index[1]))
-        label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value  # an annotation
+        label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
         return ui.class_segments(state["result"], str(label))
+
+    def click_pixel(state, evt: gr.SelectData):
+        """A click on the inspector image: Gradio reports the pixel position in the image's own size."""
+        if not state or not isinstance(evt.index, (list, tuple)):
+            return gr.update(), "Segment an image first."
+        x, y = int(evt.index[0]), int(evt.index[1])
+        return (ui.inspect_view(state["image"], state["result"], x, y), ui.segment_at(state["result"], x, y))
 
     with gr.Blocks(title="DeOP open-vocabulary segmentation") as demo:
         gr.Markdown("# DeOP: open-vocabulary segmentation in one CLIP pass\n"
@@ -84,7 +116,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(type="numpy", label="Image", sources=["upload", "clipboard", "webcam"])
+                image = image_input(label="Image", sources=["upload", "clipboard", "webcam"])
                 preset = gr.Dropdown([("(none)", "")] + [(PRESET_TITLES[k], k) for k in PRESETS],
                                      value="", label="Vocabulary preset")
                 vocabulary = gr.Textbox(label="Classes", value="cat, sofa, wall, blanket", lines=3, info=HINT)
@@ -114,24 +146,36 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                     out_right = gr.AnnotatedImage(label="Crop baseline")
                 latency = gr.Markdown(elem_id="latency")
                 chart = gr.Image(label="Latency per stage", interactive=False)
-                with gr.Row():
-                    heat_class = gr.Dropdown([], label="Heatmap class")
-                    heat = gr.Image(label="Class similarity heatmap", interactive=False)
-                clicked = gr.Markdown("Click a segment in the overlay to see its top-5 classes.")
-                files = gr.File(label="Downloads", file_count="multiple")
+                with gr.Tabs():
+                    with gr.Tab("Inspect a segment"):
+                        inspect = gr.Image(label="Click a segment", interactive=False, elem_id="inspect")
+                        clicked = gr.Markdown(CLICK_HINT, elem_id="clicked")
+                    with gr.Tab("Class heatmap"):
+                        heat_class = gr.Dropdown([], label="Heatmap class")
+                        heat = gr.Image(label="Class similarity heatmap", interactive=False)
+                    with gr.Tab("Downloads"):
+                        files = gr.File(label="Overlay, labels, per-class masks, JSON", file_count="multiple")
         gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary])
 
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
                       vocabulary)
         run.click(segment, [image, vocabulary, method, pps, iou, stab, max_side, severance, threshold, fill, templates,
                             clip_size, n_severed, max_masks, min_area, nms, state],
-                  [out_left, out_right, latency, chart, files, heat_class, state], api_name="segment")
+                  [out_left, out_right, latency, chart, files, heat_class, inspect, clicked, state],
+                  api_name="segment")
         heat_class.change(heatmap, [heat_class, state], heat)
-        out_left.select(click, [state], clicked)
+        out_left.select(click_legend, [state], clicked)
+        out_right.select(click_legend, [state], clicked)
+        inspect.select(click_pixel, [state], [inspect, clicked])
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Serve the app; besides its own outputs, Gradio may read files only from ``assets/`` (the examples)."""
+    return demo.launch(allowed_paths=[str(ROOT / "assets")], **kwargs)
 
 
 def main() -> None:
@@ -146,8 +190,8 @@ def main() -> None:
     args = parser.parse_args()
     args.random_weights = args.random_weights or os.environ.get("DEOP_RANDOM_WEIGHTS") == "1"
     args.device = os.environ.get("DEOP_DEVICE", args.device)
-    build_app(config_from_args(args), args.time_limit).launch(
-        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(ROOT / "assets")])
+    launch(build_app(config_from_args(args), args.time_limit), server_name=args.host, server_port=args.port,
+           share=args.share)
 
 
 if __name__ == "__main__":

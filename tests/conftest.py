@@ -7,6 +7,7 @@ config keeps the automatic mask generator to well under a second per image on tw
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -69,8 +70,18 @@ def _free_port() -> int:
 def app_url(segmenter):
     from app import build_app
 
-    demo = build_app(SMALL_CONFIG)
+    with serve(build_app(SMALL_CONFIG)) as url:
+        yield url
+
+
+@contextmanager
+def serve(demo):
+    """Launch a built app as ``python app.py`` does (same allowed paths) on a free port; close it after."""
+    from app import launch
+
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -24,7 +24,7 @@ def test_segment_api_returns_overlays_latency_and_downloads(client, tmp_path):
 
     path = tmp_path / "scene.png"
     Image.fromarray(scene(seed=8)).save(path)
-    left, right, latency, chart, files, _, = client.predict(handle_file(str(path)), "sky, grass, ball",
+    left, right, latency, chart, files, *_ = client.predict(handle_file(str(path)), "sky, grass, ball",
                                                             "both", api_name="/segment")
     right = right.get("value", right)  # the crop panel comes as a visibility update
     assert left["annotations"] and right["annotations"]
@@ -61,15 +61,11 @@ def test_without_weights_the_page_loads_and_explains(tmp_path):
     from gradio_client.exceptions import AppError
 
     from app import build_app
-    from conftest import _free_port
+    from conftest import serve
     from deop import SegmenterConfig
 
     config = SegmenterConfig(device="cpu", checkpoint_dir=str(tmp_path / "empty"), download=False)
-    demo = build_app(config)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with serve(build_app(config)) as url:
         assert urllib.request.urlopen(url, timeout=30).status == 200
         path = tmp_path / "scene.png"
         Image.fromarray(scene(seed=3)).save(path)
@@ -78,5 +74,3 @@ def test_without_weights_the_page_loads_and_explains(tmp_path):
         message = str(info.value)
         assert "sam_vit_b_01ec64.pth" in message and "--random-weights" in message
         assert "RANDOM WEIGHTS" not in urllib.request.urlopen(url, timeout=30).read().decode()
-    finally:
-        demo.close()

@@ -41,13 +41,9 @@ def test_a_burst_past_the_queue_gets_busy_and_the_server_goes_on(segmenter, tmp_
     from gradio_client import Client, handle_file
 
     from app import build_app
-    from conftest import SMALL_CONFIG, _free_port
+    from conftest import SMALL_CONFIG, serve
 
-    demo = build_app(SMALL_CONFIG, queue_size=2)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        url = f"http://127.0.0.1:{port}/"
+    with serve(build_app(SMALL_CONFIG, queue_size=2)) as url:
         path = tmp_path / "x.png"
         Image.fromarray(scene(seed=7)).save(path)
         futures = [Client(url, verbose=False).submit(handle_file(str(path)), "sky", "both", api_name="/segment")
@@ -64,8 +60,6 @@ def test_a_burst_past_the_queue_gets_busy_and_the_server_goes_on(segmenter, tmp_
         assert rejected and all("queue" in o.lower() or "full" in o.lower() for o in rejected), outcomes
         again = Client(url, verbose=False).predict(handle_file(str(path)), "sky", "one-pass", api_name="/segment")
         assert again[0]["annotations"]
-    finally:
-        demo.close()
 
 
 def test_thirty_different_images_do_not_grow_memory_without_bound(segmenter):

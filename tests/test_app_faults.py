@@ -1,0 +1,137 @@
+"""The app under faults: each bad upload, time-out and GPU out-of-memory gets a message, and the next request
+is served; the server hands out only its own outputs and the example assets."""
+
+from __future__ import annotations
+
+import io
+import struct
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import scene
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture
+def good_image(tmp_path):
+    path = tmp_path / "good.png"
+    Image.fromarray(scene(seed=21)).save(path)
+    return str(path)
+
+
+def _png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG header that promises 900 megapixels, in a few hundred bytes."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(width + 1), 9))
+            + chunk(b"IEND", b""))
+
+
+def _truncated_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(scene(seed=22)).save(buf, format="PNG")
+    return buf.getvalue()[:200]
+
+
+BAD_UPLOADS = {
+    "notes.png": (b"these are notes, not pixels", "not an image file: notes.png"),
+    "empty.jpg": (b"", "empty"),
+    "cut.png": (_truncated_png(), "truncated or corrupt"),
+    "bomb.png": (_png_bomb(), "too large: 900000000 pixels"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_bad_uploads_get_a_message_and_the_next_request_works(client, tmp_path, good_image, name):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    data, message = BAD_UPLOADS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(path)), "sky, grass", "one-pass", api_name="/segment")
+    assert message in str(info.value)
+    assert "/tmp" not in str(info.value)  # the server's upload folder is not shown
+    out = client.predict(handle_file(good_image), "sky, grass", "one-pass", api_name="/segment")
+    assert out[0]["annotations"]
+
+
+def test_gpu_out_of_memory_is_a_message_and_the_next_request_works(client, good_image, monkeypatch):
+    """No GPU here: the proposal stage raises the error torch raises on a full GPU, once."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    import deop.segmenter
+
+    real = deop.segmenter.generate_proposals
+    calls = []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deop.segmenter, "generate_proposals", out_of_memory_once)
+    with pytest.raises(AppError, match="ran out of memory"):
+        client.predict(handle_file(good_image), "sky, grass", "one-pass", 13, api_name="/segment")
+    out = client.predict(handle_file(good_image), "sky, grass", "one-pass", 13, api_name="/segment")
+    assert out[0]["annotations"] and len(calls) == 2
+
+
+def test_a_request_past_the_time_limit_is_cut_and_the_app_goes_on(segmenter, good_image):
+    """48 points per side means 2304 SAM prompts, far past 3 s on a CPU; the dense method needs no SAM."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from app import build_app
+    from conftest import SMALL_CONFIG, serve
+
+    with serve(build_app(SMALL_CONFIG, time_limit=3.0)) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="3 s time limit during mask proposals"):
+            client.predict(handle_file(good_image), "sky, grass", "one-pass", 48, api_name="/segment")
+        out = client.predict(handle_file(good_image), "sky, grass", "dense", api_name="/segment")
+        assert out[0]["annotations"]
+
+
+def _status(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=30).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_server_serves_only_its_outputs_and_the_examples(app_url, client, good_image):
+    from gradio_client import handle_file
+
+    file_url = app_url + "gradio_api/file="
+    assert _status(file_url + str(ROOT / "assets" / "chelsea.jpg")) == 200
+    for path in ("/etc/passwd", str(ROOT / "app.py"), str(ROOT / "assets" / ".." / "app.py"),
+                 str(ROOT / "requirements.txt")):
+        assert _status(file_url + path) == 403, path
+    # our own output folder is not served directly: Gradio copies each returned file into its cache
+    files = client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")[4]
+    from deop import ui
+
+    ours = sorted(ui.OUTPUT_ROOT.glob("result-*/segmentation.json"))
+    assert ours and _status(file_url + str(ours[-1])) == 403
+    assert any(f.endswith("segmentation.json") for f in files)
