@@ -105,6 +105,20 @@ def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) 
     return render.heatmap(image, result.similarity[result.classes.index(class_name)])
 
 
+def inspect_view(image: np.ndarray, result: SegmentationResult, x: int | None = None,
+                 y: int | None = None) -> np.ndarray:
+    """The main method's overlay at the image's own size (no legend or banner strip, so a click's pixel
+    position is a position in the label map), with the segment under (x, y) highlighted when given."""
+    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+    view = render.overlay(image, result.methods[method].label_map, result.classes, legend=False)
+    if x is None or y is None or result.segment_map is None:
+        return view
+    h, w = result.segment_map.shape
+    if 0 <= y < h and 0 <= x < w and result.segment_map[y, x] >= 0:
+        return render.highlight(view, result.segment_map == result.segment_map[y, x])
+    return view
+
+
 def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     """Top-5 classes of the segment under a clicked pixel, as Markdown."""
     if result.segment_map is None:

@@ -71,3 +71,17 @@ def test_status_line_explains_missing_weights(tmp_path):
     status = loader.status()
     assert status.startswith("**Models could not be loaded.**")
     assert str(tmp_path) in status and "--random-weights" in status
+
+
+def test_inspect_view_highlights_the_clicked_segment(shown):
+    image, result = shown
+    plain = ui.inspect_view(image, result)
+    assert plain.shape == image.shape  # pixel positions of a click are label-map positions
+    seg = result.methods["one-pass"].segments[0]
+    mask = result.mask(seg.id)
+    ys, xs = np.nonzero(mask)
+    picked = ui.inspect_view(image, result, int(xs[0]), int(ys[0]))
+    assert picked.shape == image.shape
+    outside = ~mask & (plain.sum(axis=2) > 0)
+    assert (picked[outside].astype(int).sum() < plain[outside].astype(int).sum())  # the rest is dimmed
+    assert np.array_equal(ui.inspect_view(image, result, -5, -5), plain)  # off the image: nothing picked
