@@ -58,3 +58,39 @@ def test_upload_type_segment_and_see_both_methods(browser, page_url, tmp_path, v
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.close()
+
+
+def test_click_a_segment_and_a_legend_entry_to_see_top5(browser, page_url, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=13)).save(path)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(page_url, wait_until="load")
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_label("Classes").fill("sky, grass, ball")
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.wait_for_selector("#latency :text('Crop baseline')", timeout=120_000)
+    inspect = page.locator("#inspect img")
+    inspect.wait_for(timeout=30_000)
+    # a few points across the image: at least one lies in a SAM segment and lists that segment's top-5
+    inspect.scroll_into_view_if_needed()
+    box = inspect.bounding_box()
+    texts = []
+    for fx, fy in ((0.5, 0.5), (0.25, 0.75), (0.75, 0.25), (0.5, 0.9), (0.1, 0.1)):
+        inspect.click(position={"x": fx * box["width"], "y": fy * box["height"]})
+        page.wait_for_function("() => !document.querySelector('#clicked').innerText.includes('Click a segment')",
+                               timeout=30_000)
+        page.wait_for_timeout(300)
+        texts.append(page.inner_text("#clicked"))
+        if "Segment " in texts[-1]:
+            break
+    assert "Segment " in texts[-1] and "One pass (DeOP):" in texts[-1] and "Crop baseline:" in texts[-1], texts
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-inspect.png"), full_page=True)
+    # a legend entry of the one-pass overlay lists the segments of that class
+    legend = page.locator("button.legend-item").first
+    name = legend.inner_text().strip()
+    legend.click()
+    page.wait_for_function(f"() => document.querySelector('#clicked').innerText.startsWith({name!r})",
+                           timeout=30_000)
+    assert name in ("sky", "grass", "ball")
+    page.close()
