@@ -69,7 +69,7 @@ def latency_markdown(result: SegmentationResult) -> str:
     if result.speedup("clip"):
         lines.append(f"**One CLIP pass is {result.speedup('clip'):.1f}x faster than one pass per crop** "
                      f"(CLIP stages; {result.speedup('total'):.1f}x end to end, "
-                     f"{len(result.methods['crop'].segments)} segments).")
+                     f"{_count(len(result.methods['crop'].segments), 'segment')}).")
     if result.agreement:
         lines.append(f"The two methods agree on {100 * result.agreement['segments']:.0f}% of segments "
                      f"({100 * result.agreement['pixels']:.0f}% of their pixels).")
@@ -79,6 +79,10 @@ def latency_markdown(result: SegmentationResult) -> str:
         lines.append(f"Proposals and image features reused from cache: this run took {this_call:.3f} s "
                      f"instead of {first.first_run_timings['total']:.3f} s (first-run times shown above).")
     return "\n\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def chart(result: SegmentationResult) -> np.ndarray:
@@ -146,7 +150,7 @@ def class_segments(result: SegmentationResult, class_name: str, limit: int = 5) 
     segments = sorted((s for s in result.methods[method].segments if s.label == index), key=lambda s: -s.area)
     if not segments:
         return f"**{class_name}** comes from the dense per-pixel map here, not from a SAM segment."
-    lines = [f"**{class_name}**: {len(segments)} segment(s)"]
+    lines = [f"**{class_name}**: {_count(len(segments), 'segment')}"]
     for seg in segments[:limit]:
         top = ", ".join(f"{c} {p:.2f}" for c, p in seg.top5)
         lines.append(f"- segment {seg.id} ({seg.area} px): {top}")

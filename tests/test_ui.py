@@ -56,7 +56,9 @@ def test_clicks_and_heatmaps(shown):
     ys, xs = np.nonzero(result.mask(seg.id))
     text = ui.segment_at(result, int(xs[0]), int(ys[0]))
     assert f"Segment {seg.id}" in text and seg.top5[0][0] in text
-    assert "segment(s)" in ui.class_segments(result, result.classes[seg.label])
+    same = [s for s in result.methods["one-pass"].segments if s.label == seg.label]
+    listing = ui.class_segments(result, result.classes[seg.label])
+    assert f": {len(same)} segment" in listing and f"segment {seg.id} ({seg.area} px)" in listing
     heat = ui.heatmap_for(image, result, "grass")
     assert heat.shape[:2] == image.shape[:2]
     assert ui.heatmap_for(image, result, "not a class") is None
