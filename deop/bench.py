@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 
 from .classify import dense_features, encode_crops, pool_segments, probabilities
 from .config import PROPOSAL_PRESETS, SegmenterConfig
+from .lean_attention import stock_attention
 from .presets import PRESETS
-from .proposals import Proposals, segment_boxes
+from .proposals import Proposals, generate_proposals, segment_boxes
 from .segmenter import Segmenter, TimedValue
 from .text_embeddings import TextEmbeddingCache
 from .timing import stopwatch
@@ -45,7 +47,7 @@ class BenchRecord:
     """One measurement. ``params`` holds what only some kinds have (classes, preset, ...); it is flattened
     into the JSON record so that every record is one flat object."""
 
-    kind: str  # "classify", "requery", "e2e", "memory"
+    kind: str  # "classify", "requery", "e2e", "proposals", "memory"
     method: str
     n_masks: int | None
     image_size: int | None
@@ -255,6 +257,27 @@ class Bench:
                 self.advance(f"end to end {preset} pps={opts.proposals.points_per_side} {method}")
         return out
 
+    def proposals_vs_stock(self, points_per_side: int = 10, size: int = E2E_IMAGE) -> list[BenchRecord]:
+        """Our proposal stage (lean attention, limit, overlap resolution) against segment_anything's own
+        ``SamAutomaticMaskGenerator`` with its original attention, at equal settings (the demo preset at
+        ``points_per_side``, SAM at 1024 px) on the same image and model."""
+        seg = self.segmenter
+        config = replace(PROPOSAL_PRESETS["demo"], points_per_side=points_per_side)
+        image = synthetic_image(size)
+        sam = seg.sam
+
+        def stock() -> None:
+            with stock_attention(sam), torch.inference_mode():
+                SamAutomaticMaskGenerator(sam, **config.generator_kwargs()).generate(image)
+
+        out = []
+        for method, fn in (("stock", stock), ("deop", lambda: generate_proposals(sam, image, config))):
+            times = time_calls(fn, self.repeats, 0, seg.device)
+            out.append(self.record("proposals", method, None, size, times, points_per_side=points_per_side,
+                                   points_per_batch=config.points_per_batch))
+            self.advance(f"proposals {method} pps={points_per_side}")
+        return out
+
     def memory(self, records: Sequence[BenchRecord]) -> BenchRecord:
         """The run's peak memory; it counts for the 1024 px target only if SAM and CLIP ran on a 1024 px image
         (an end-to-end record) or CLIP encoded one densely."""
@@ -307,6 +330,11 @@ def evaluate_targets(records: Sequence[dict]) -> list[TargetResult]:
            and r.get("sam_ran")]
     peak = mem[-1]["peak_rss_mb"] / 1024 if mem else None
     out.append(_judge("peak RSS with a 1024 px image < 4 GB", peak, 4.0, higher=False, detail="GiB"))
+    stock = _median(records, kind="proposals", method="stock")
+    ours = _median(records, kind="proposals", method="deop")
+    out.append(_judge("proposals at least as fast as stock SamAutomaticMaskGenerator", ours / stock
+                      if ours and stock else None, 1.0, higher=False, inclusive=True,
+                      detail=f"ours {ours}s / stock {stock}s"))
     demo = _median(records, kind="e2e", method="one-pass", preset="demo", preset_default=True)
     fast = _median(records, kind="e2e", method="one-pass", preset="fast", preset_default=True)
     speed = demo / fast if demo and fast else None
@@ -339,6 +367,8 @@ def _detail(r: dict) -> str:
         return f"{r.get('n_classes')} classes, text {r.get('text')}"
     if r["kind"] == "e2e":
         return f"{r.get('preset')} pps={r.get('points_per_side')}"
+    if r["kind"] == "proposals":
+        return f"SAM 1024px pps={r.get('points_per_side')}"
     return f"max image {r.get('max_image_size')}px" if r["kind"] == "memory" else ""
 
 
@@ -446,6 +476,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "e2e": [] if args.skip_e2e else e2e,
         "e2e_methods": ("one-pass",) if quick else ("one-pass", "both"),
         "templates": "single" if quick else None,
+        # stock SAM against ours at equal settings; needs SAM, so it goes with the end-to-end runs
+        "stock_points": None if args.skip_e2e else 10,
     }
 
 
@@ -455,13 +487,16 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
         records += bench.end_to_end(p["e2e"], p["e2e_methods"])
     records += bench.requery(templates=p["templates"])
     records.append(bench.memory(records))
+    if p.get("stock_points"):  # after the memory record: stock SAM's attention peaks 1-2 GB higher than ours
+        records += bench.proposals_vs_stock(p["stock_points"])
     flat = [r.to_dict() for r in records]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
 
 
 def steps(p: dict[str, Any]) -> int:
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
-    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4
+    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
+        2 if p.get("stock_points") else 0)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ the stock forward to float rounding (the tests check 1e-5) and the speed is unch
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
@@ -55,3 +58,16 @@ def lean_sam_attention(sam: nn.Module, budget_bytes: int = DEFAULT_BUDGET_BYTES)
         if isinstance(module, LeanAttention):
             module.budget_bytes = budget_bytes
     return sam
+
+
+@contextmanager
+def stock_attention(sam: nn.Module) -> Iterator[nn.Module]:
+    """SAM with its original attention for the duration (the bench's reference for stock SAM speed)."""
+    switched = [m for m in sam.modules() if type(m) is LeanAttention]
+    for module in switched:
+        module.__class__ = Attention
+    try:
+        yield sam
+    finally:
+        for module in switched:
+            module.__class__ = LeanAttention

@@ -37,6 +37,7 @@ def records(segmenter):
     out += bench.end_to_end([("fast", 2)], methods=("one-pass",))
     out += bench.requery(class_counts=(3,), templates="single")
     out.append(bench.memory(out))
+    out += bench.proposals_vs_stock(points_per_side=2, size=256)
     assert len(steps) == len(out) - 1
     flat = [r.to_dict() for r in out]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
@@ -45,10 +46,11 @@ def records(segmenter):
 def test_records_have_the_schema(records):
     kinds = [r["kind"] for r in records]
     assert kinds.count("classify") == 4 and kinds.count("requery") == 2
-    assert kinds.count("e2e") == 1 and kinds[-2:] == ["memory", "targets"]
+    assert kinds.count("e2e") == 1 and kinds[-4:] == ["memory", "proposals", "proposals", "targets"]
+    assert [r["method"] for r in records if r["kind"] == "proposals"] == ["stock", "deop"]
     for r in records:
         assert REQUIRED - {"seconds_min", "seconds_max", "peak_rss_mb"} <= set(r)
-        if r["kind"] in ("classify", "requery", "e2e"):
+        if r["kind"] in ("classify", "requery", "e2e", "proposals"):
             assert REQUIRED <= set(r) and r["seconds_median"] > 0 and r["seconds_min"] <= r["seconds_max"]
     assert {(r["method"], r["n_masks"]) for r in records if r["kind"] == "classify"} == {
         ("one-pass", 2), ("one-pass", 5), ("crop", 2), ("crop", 5)}
@@ -67,7 +69,8 @@ def fake(kind, method, size, n, seconds, **extra):
     return {"kind": kind, "method": method, "image_size": size, "n_masks": n, "seconds_median": seconds, **extra}
 
 
-def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0, demo=90.0, fast=25.0):
+def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0, demo=90.0, fast=25.0,
+              ours=8.0, stock=10.0):
     return [
         fake("classify", "one-pass", 448, 10, 1.0), fake("classify", "one-pass", 448, 100, one_448),
         fake("classify", "one-pass", 448, 200, one_200), fake("classify", "crop", 448, 100, crop_448),
@@ -76,20 +79,21 @@ def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0,
         fake("memory", "all", 1024, None, None, max_image_size=1024, sam_ran=True, peak_rss_mb=rss),
         fake("e2e", "one-pass", 1024, 0, demo, preset="demo", preset_default=True),
         fake("e2e", "one-pass", 1024, 0, fast, preset="fast", preset_default=True),
+        fake("proposals", "stock", 1024, None, stock), fake("proposals", "deop", 1024, None, ours),
     ]
 
 
 def test_targets_pass():
     status = [t.status for t in evaluate_targets(synthetic())]
-    assert status == ["PASS"] * 6
+    assert status == ["PASS"] * 7
 
 
 def test_targets_fail():
-    results = evaluate_targets(synthetic(crop_448=10.0, one_200=1.5, requery=0.2, rss=5000.0, fast=40.0))
-    assert [t.status for t in results] == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "FAIL"]
+    results = evaluate_targets(synthetic(crop_448=10.0, one_200=1.5, requery=0.2, rss=5000.0, fast=40.0, ours=11.0))
+    assert [t.status for t in results] == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL"]
     assert results[0].value == pytest.approx(10.0)
 
 
 def test_targets_skip_what_was_not_measured():
-    records = [r for r in synthetic() if r["kind"] != "e2e" and r["kind"] != "memory"]
-    assert [t.status for t in evaluate_targets(records)][-2:] == ["SKIP", "SKIP"]
+    records = [r for r in synthetic() if r["kind"] not in ("e2e", "memory", "proposals")]
+    assert [t.status for t in evaluate_targets(records)][-3:] == ["SKIP", "SKIP", "SKIP"]

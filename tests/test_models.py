@@ -107,3 +107,8 @@ def test_built_sam_uses_lean_attention(tiny_sam):
 
     attentions = [m for m in tiny_sam.image_encoder.modules() if isinstance(m, Attention)]
     assert attentions and all(isinstance(m, LeanAttention) for m in attentions)
+    from deop.lean_attention import stock_attention
+
+    with stock_attention(tiny_sam):  # the bench's reference: SAM exactly as shipped, then back
+        assert all(type(m) is Attention for m in attentions)
+    assert all(type(m) is LeanAttention for m in attentions)
