@@ -118,8 +118,12 @@ def timing_line(result) -> str:
         parts.append(f"{name}: {t['total']:.2f}s (proposals {t['proposals']:.2f}, image {t['image_encoding']:.2f},"
                      f" text {t['text_encoding']:.2f}, classify {t['classification']:.2f})")
     line = "; ".join(parts)
-    if result.speedup("clip"):
-        line += f"; one-pass CLIP stage {result.speedup('clip'):.1f}x faster than crops"
+    speedup = result.speedup("clip")
+    if speedup and speedup >= 1:
+        line += f"; one-pass CLIP stage {speedup:.1f}x faster than crops"
+    elif speedup:
+        line += (f"; crops {1 / speedup:.1f}x faster than one pass with only "
+                 f"{len(result.methods['crop'].segments)} segment(s)")
     return line
 
 

@@ -36,7 +36,23 @@ def test_latency_table_shows_every_stage_and_the_speedup(shown):
         assert f"| {stage} |" in text
     total = result.methods["crop"].first_run_timings["total"]
     assert f"{total:.3f} s" in text
-    assert f"{result.speedup('clip'):.1f}x faster" in text
+    speedup = result.speedup("clip")
+    assert (f"{speedup:.1f}x faster than one pass per crop" if speedup >= 1
+            else f"crop baseline was {1 / speedup:.1f}x faster here") in text
+
+
+@pytest.mark.parametrize("crop_seconds,phrase", [(50.0, "x faster than one pass per crop"),
+                                                 (1e-4, "The crop baseline was")])
+def test_speedup_sentence_reads_right_either_way(shown, crop_seconds, phrase):
+    import copy
+
+    result = copy.deepcopy(shown[1])
+    crop = result.methods["crop"]
+    for timings in (crop.timings, crop.first_run_timings):
+        timings["image_encoding"], timings["classification"] = crop_seconds, 0.0
+    text = ui.latency_markdown(result)
+    assert phrase in text
+    assert ("faster than one pass per crop" in text) == (crop_seconds > 1)  # never "0.3x faster"
 
 
 def test_downloads_decode(shown):
