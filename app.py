@@ -82,10 +82,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         left = (image, ui.annotations(result, first))
         right = (image, ui.annotations(result, "crop")) if "crop" in result.methods and first != "crop" else None
         heat_choices = gr.update(choices=result.classes, value=result.classes[0])
-        state = {"image": image, "result": result}
+        view = ui.inspect_view(image, result)
+        state = {"image": image, "result": result, "view": view}
         return (left, gr.update(value=right, visible=right is not None), ui.latency_markdown(result),
-                ui.chart(result), ui.downloads(image, result), heat_choices, ui.inspect_view(image, result),
-                CLICK_HINT, state)
+                ui.chart(result), ui.downloads(image, result), heat_choices, view, CLICK_HINT, state)
 
     def heatmap(class_name, state):
         return None if not state else ui.heatmap_for(state["image"], state["result"], class_name)
@@ -102,7 +102,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if not state or not isinstance(evt.index, (list, tuple)):
             return gr.update(), "Segment an image first."
         x, y = int(evt.index[0]), int(evt.index[1])
-        return (ui.inspect_view(state["image"], state["result"], x, y), ui.segment_at(state["result"], x, y))
+        return ui.highlight_at(state["view"], state["result"], x, y), ui.segment_at(state["result"], x, y)
 
     with gr.Blocks(title="DeOP open-vocabulary segmentation") as demo:
         gr.Markdown("# DeOP: open-vocabulary segmentation in one CLIP pass\n"

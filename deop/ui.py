@@ -11,7 +11,7 @@ import numpy as np
 
 from . import render
 from .errors import USER_ERRORS
-from .export import save_result
+from .export import primary_method, save_result
 from .result import STAGES, SegmentationResult
 from .segmenter import Segmenter
 
@@ -103,7 +103,7 @@ def downloads(image: np.ndarray, result: SegmentationResult) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=OUTPUT_ROOT))
     written = save_result(image, result, folder, "segmentation")
     zip_path = folder / "segmentation_masks.zip"
-    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+    method = primary_method(result)
     zip_path.write_bytes(render.masks_zip(result.methods[method].label_map, result.classes))
     return [str(p) for p in written.values()] + [str(zip_path)]
 
@@ -115,28 +115,34 @@ def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) 
     return render.heatmap(image, result.similarity[result.classes.index(class_name)])
 
 
-def inspect_view(image: np.ndarray, result: SegmentationResult, x: int | None = None,
-                 y: int | None = None) -> np.ndarray:
+def inspect_view(image: np.ndarray, result: SegmentationResult) -> np.ndarray:
     """The main method's overlay at the image's own size (no legend or banner strip, so a click's pixel
-    position is a position in the label map), with the segment under (x, y) highlighted when given."""
-    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
-    view = render.overlay(image, result.methods[method].label_map, result.classes, legend=False)
-    if x is None or y is None or result.segment_map is None:
-        return view
+    position is a position in the label map). Rendered once per result; clicks only highlight it."""
+    return render.overlay(image, result.methods[primary_method(result)].label_map, result.classes, legend=False)
+
+
+def highlight_at(view: np.ndarray, result: SegmentationResult, x: int, y: int) -> np.ndarray:
+    """``view`` with the segment under (x, y) highlighted, or unchanged where there is none."""
+    index = _segment_under(result, x, y)
+    return view if index is None else render.highlight(view, result.segment_map == index)
+
+
+def _segment_under(result: SegmentationResult, x: int, y: int) -> int | None:
+    if result.segment_map is None:
+        return None
     h, w = result.segment_map.shape
-    if 0 <= y < h and 0 <= x < w and result.segment_map[y, x] >= 0:
-        return render.highlight(view, result.segment_map == result.segment_map[y, x])
-    return view
+    if not (0 <= y < h and 0 <= x < w) or result.segment_map[y, x] < 0:
+        return None
+    return int(result.segment_map[y, x])
 
 
 def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     """Top-5 classes of the segment under a clicked pixel, as Markdown."""
     if result.segment_map is None:
         return "This method has no segments to click."
-    h, w = result.segment_map.shape
-    if not (0 <= y < h and 0 <= x < w) or result.segment_map[y, x] < 0:
+    index = _segment_under(result, x, y)
+    if index is None:
         return "No segment here (this pixel was filled from the dense map)."
-    index = int(result.segment_map[y, x])
     lines = [f"**Segment {index}** ({result.methods[m].segments[index].area} px)" for m in result.methods
              if m != "dense"][:1]
     for name, m in result.methods.items():
@@ -152,7 +158,7 @@ def class_segments(result: SegmentationResult, class_name: str, limit: int = 5) 
     if class_name not in result.classes:
         return "Click a coloured region to see its segments' top-5 classes."
     index = result.classes.index(class_name)
-    method = "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+    method = primary_method(result)
     segments = sorted((s for s in result.methods[method].segments if s.label == index), key=lambda s: -s.area)
     if not segments:
         return f"**{class_name}** comes from the dense per-pixel map here, not from a SAM segment."

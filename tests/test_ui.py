@@ -98,8 +98,8 @@ def test_inspect_view_highlights_the_clicked_segment(shown):
     seg = result.methods["one-pass"].segments[0]
     mask = result.mask(seg.id)
     ys, xs = np.nonzero(mask)
-    picked = ui.inspect_view(image, result, int(xs[0]), int(ys[0]))
+    picked = ui.highlight_at(plain, result, int(xs[0]), int(ys[0]))
     assert picked.shape == image.shape
     outside = ~mask & (plain.sum(axis=2) > 0)
     assert (picked[outside].astype(int).sum() < plain[outside].astype(int).sum())  # the rest is dimmed
-    assert np.array_equal(ui.inspect_view(image, result, -5, -5), plain)  # off the image: nothing picked
+    assert np.array_equal(ui.highlight_at(plain, result, -5, -5), plain)  # off the image: nothing picked
