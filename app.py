@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -44,7 +45,37 @@ def image_input(**kwargs) -> gr.Image:
     return component
 
 
+def atomic_image_cache() -> None:
+    """Make Gradio write rendered images into its cache atomically (temporary file, then rename).
+
+    Gradio names each cached image by the hash of its bytes but rewrites the file in place on every save,
+    so when two requests render an identical image (same photo and vocabulary), the second truncates a
+    file the first client may still be downloading, and that download fails ("Too little data for
+    declared Content-Length"; seen in the burst test). Gradio's own ``save_file_to_cache`` already
+    renames into place; this gives ``save_pil_to_cache`` (used for arrays, PIL images and annotation
+    masks) the same behaviour. Idempotent."""
+    from gradio import processing_utils as pu
+
+    if getattr(pu.save_pil_to_cache, "atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = pu.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / pu.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        path = (folder / f"{name}.{format}").resolve()
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+        return str(path)
+
+    save_pil_to_cache.atomic = True
+    pu.save_pil_to_cache = save_pil_to_cache
+
+
 def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_size: int = 16) -> gr.Blocks:
+    atomic_image_cache()
     segmenter = Segmenter(config)
     loader = ui.ModelLoader(segmenter).start()
     defaults = config.options

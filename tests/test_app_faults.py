@@ -136,3 +136,22 @@ def test_the_server_serves_only_its_outputs_and_the_examples(app_url, client, go
     ours = sorted(ui.OUTPUT_ROOT.glob("result-*/segmentation.json"))
     assert ours and _status(file_url + str(ours[-1])) == 403
     assert any(f.endswith("segmentation.json") for f in files)
+
+
+def test_cached_images_are_replaced_not_rewritten_under_a_reader(tmp_path):
+    """Identical renders share one cache path; a client still reading the first copy keeps whole bytes."""
+    import os
+
+    from gradio import processing_utils
+
+    from app import atomic_image_cache
+
+    atomic_image_cache()
+    image = Image.fromarray(scene(seed=30))
+    path = processing_utils.save_pil_to_cache(image, str(tmp_path), format="png")
+    with open(path, "rb") as reader:
+        first = os.fstat(reader.fileno()).st_ino
+        assert processing_utils.save_pil_to_cache(image, str(tmp_path), format="png") == path
+        assert os.stat(path).st_ino != first  # a new file renamed into place, the reader's one untouched
+        assert reader.read() == Path(path).read_bytes()
+    assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
