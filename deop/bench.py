@@ -25,8 +25,10 @@ from segment_anything import SamAutomaticMaskGenerator
 from .classify import dense_features, encode_crops, pool_segments, probabilities
 from .config import PROPOSAL_PRESETS, SegmenterConfig
 from .lean_attention import stock_attention
+from .models import SAM2_MODELS, SAM_KINDS
 from .presets import PRESETS
 from .proposals import Proposals, generate_proposals, segment_boxes
+from .sam2_backend import INSTALL_HINT, available
 from .segmenter import Segmenter, TimedValue
 from .text_embeddings import TextEmbeddingCache
 from .timing import stopwatch
@@ -40,6 +42,8 @@ QUICK_N = (10, 100, 200)
 DEFAULT_E2E = (("fast", None), ("fast", 12), ("fast", 16), ("demo", None))
 E2E_IMAGE = 1024  # long side of the end-to-end image: the default max_side, so SAM sees it at full size
 REQUERY_MASKS = 100
+# Other proposal backends run end to end at these settings (the same presets as SAM's).
+BACKEND_E2E = (("fast", None), ("demo", None))
 
 
 @dataclass
@@ -278,6 +282,17 @@ class Bench:
             self.advance(f"proposals {method} pps={points_per_side}")
         return out
 
+    def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]] = BACKEND_E2E
+                 ) -> list[BenchRecord]:
+        """End to end (one-pass) with other proposal models, e.g. SAM 2.1, on the same image, CLIP and text:
+        records differ from the main model's only in ``sam_model``."""
+        out = []
+        for kind in kinds:
+            other = Segmenter(replace(self.segmenter.config, sam_kind=kind), models=self.segmenter.models)
+            other.text_cache = self.segmenter.text_cache
+            out += replace(self, segmenter=other).end_to_end(configs, ("one-pass",))
+        return out
+
     def memory(self, records: Sequence[BenchRecord]) -> BenchRecord:
         """The run's peak memory; it counts for the 1024 px target only if SAM and CLIP ran on a 1024 px image
         (an end-to-end record) or CLIP encoded one densely."""
@@ -335,8 +350,9 @@ def evaluate_targets(records: Sequence[dict]) -> list[TargetResult]:
     out.append(_judge("proposals at least as fast as stock SamAutomaticMaskGenerator", ours / stock
                       if ours and stock else None, 1.0, higher=False, inclusive=True,
                       detail=f"ours {ours}s / stock {stock}s"))
-    demo = _median(records, kind="e2e", method="one-pass", preset="demo", preset_default=True)
-    fast = _median(records, kind="e2e", method="one-pass", preset="fast", preset_default=True)
+    main = {"sam_model": records[0].get("sam_model")} if records else {}  # not other backends' records
+    demo = _median(records, kind="e2e", method="one-pass", preset="demo", preset_default=True, **main)
+    fast = _median(records, kind="e2e", method="one-pass", preset="fast", preset_default=True, **main)
     speed = demo / fast if demo and fast else None
     out.append(_judge('"fast" preset >= 3x faster end to end than "demo"', speed, 3.0, higher=True,
                       detail=f"demo {demo}s / fast {fast}s"))
@@ -366,7 +382,7 @@ def _detail(r: dict) -> str:
     if r["kind"] == "requery":
         return f"{r.get('n_classes')} classes, text {r.get('text')}"
     if r["kind"] == "e2e":
-        return f"{r.get('preset')} pps={r.get('points_per_side')}"
+        return f"{r.get('sam_model')} {r.get('preset')} pps={r.get('points_per_side')}"
     if r["kind"] == "proposals":
         return f"SAM 1024px pps={r.get('points_per_side')}"
     return f"max image {r.get('max_image_size')}px" if r["kind"] == "memory" else ""
@@ -453,6 +469,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs with SAM")
     p.add_argument("--e2e-points", type=_ints, default=None,
                    help="points_per_side values run with the fast preset (default 8,12,16) besides demo")
+    p.add_argument("--backends", default=None,
+                   help="other proposal models run end to end, comma-separated (default: sam2.1_hiera_t when "
+                        "the sam2 package is installed; none with --quick); 'none' for none")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
     add_model_arguments(p)
@@ -478,7 +497,20 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "templates": "single" if quick else None,
         # stock SAM against ours at equal settings; needs SAM, so it goes with the end-to-end runs
         "stock_points": None if args.skip_e2e else 10,
+        "backends": () if args.skip_e2e else _backends(args.backends, quick),
     }
+
+
+def _backends(flag: str | None, quick: bool) -> tuple[str, ...]:
+    if flag is None:
+        return ("sam2.1_hiera_t",) if available() and not quick else ()
+    kinds = tuple(k.strip() for k in flag.split(",") if k.strip() and k.strip() != "none")
+    unknown = [k for k in kinds if k not in SAM_KINDS]
+    if unknown:
+        raise ValueError(f"unknown proposal model(s) {', '.join(unknown)}; choose from {', '.join(SAM_KINDS)}")
+    if any(k in SAM2_MODELS for k in kinds) and not available():
+        raise ValueError(INSTALL_HINT)
+    return kinds
 
 
 def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
@@ -489,6 +521,8 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
     records.append(bench.memory(records))
     if p.get("stock_points"):  # after the memory record: stock SAM's attention peaks 1-2 GB higher than ours
         records += bench.proposals_vs_stock(p["stock_points"])
+    if p.get("backends"):  # after the memory record too: the target counts the default models only
+        records += bench.backends(p["backends"])
     flat = [r.to_dict() for r in records]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
 
@@ -496,7 +530,7 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
 def steps(p: dict[str, Any]) -> int:
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
     return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
-        2 if p.get("stock_points") else 0)
+        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(BACKEND_E2E)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import METHODS, PROPOSAL_PRESETS, ProposalConfig, SegmenterConfig, SegmentOptions
 from .dense_clip import SEVERANCE_VARIANTS
 from .errors import USER_ERRORS
-from .models import RANDOM_WEIGHTS_WARNING, SAM_BUILDERS
+from .models import RANDOM_WEIGHTS_WARNING, SAM_KINDS
 from .presets import TEMPLATES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -29,7 +29,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="randomly initialised models: no download, real timings, meaningless labels")
     p.add_argument("--clip-model", default=d.clip_model, help="open_clip model name")
     p.add_argument("--clip-pretrained", default=d.clip_pretrained, help="open_clip pretrained tag")
-    p.add_argument("--sam", default=d.sam_kind, choices=list(SAM_BUILDERS), help="SAM model size")
+    p.add_argument("--sam", default=d.sam_kind, choices=list(SAM_KINDS),
+                   help="proposal model: SAM vit_b/l/h, or SAM 2.1 sam2.1_hiera_t/s/b+/l (optional sam2 package)")
     p.add_argument("--checkpoint-dir", default=None, help="where SAM checkpoints live (default: checkpoints/)")
     p.add_argument("--half", action="store_true", help="float16 CLIP on a GPU")
 

@@ -143,7 +143,8 @@ class SegmenterConfig:
     device: "auto" picks CUDA when present, else "cpu"; "cuda", "cuda:1", "mps" and "cpu" work too.
     clip_model / clip_pretrained: an open_clip model name and pretrained tag. OpenAI's ViT-B/16 weights
         need the QuickGELU config, hence the default name.
-    sam_kind: "vit_b", "vit_l" or "vit_h" (``deop.models.SAM_BUILDERS``).
+    sam_kind: the proposal model: SAM "vit_b", "vit_l" or "vit_h", or SAM 2.1 "sam2.1_hiera_t", "_s", "_b+"
+        or "_l" (``deop.models.SAM_KINDS``; SAM 2.1 needs the optional sam2 package).
     random_weights: build both models randomly initialised: real shapes and timings, meaningless labels.
     half: run CLIP in float16 on a GPU (ignored on the CPU).
     checkpoint_dir: where SAM checkpoints live (default: ``checkpoints/`` beside the package).

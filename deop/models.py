@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .lean_attention import lean_sam_attention
+from .sam2_backend import SAM2_MODELS, build_sam2_model, is_sam2, sam2_at_resolution
 from .weights import WeightsError, clip_weights_error, ensure_sam_checkpoint, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "tiny": _sam_builder(64, 2, 2, [1]),
 }
 RANDOM_ONLY_SAM = {"tiny"}
+# Every proposal model by name: SAM's sizes, then SAM 2.1's (deop.sam2_backend, needs the sam2 package).
+SAM_KINDS: tuple[str, ...] = (*SAM_BUILDERS, *SAM2_MODELS)
+
+
+def model_title(kind: str) -> str:
+    """"SAM vit_b" or "SAM 2.1 hiera_t": how a proposal model is named to users."""
+    return f"SAM 2.1 {kind.removeprefix('sam2.1_')}" if kind in SAM2_MODELS else f"SAM {kind}"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -108,8 +116,10 @@ def build_clip(name: str, pretrained: str | None, device: torch.device, half: bo
 
 def build_sam(kind: str, device: torch.device, random_weights: bool = False,
               checkpoint_dir: str | Path | None = None, download: bool = True) -> nn.Module:
+    if kind in SAM2_MODELS:
+        return build_sam2_model(kind, device, random_weights, checkpoint_dir, download)
     if kind not in SAM_BUILDERS:
-        raise ValueError(f"unknown SAM model {kind!r}; choose from {', '.join(SAM_BUILDERS)}")
+        raise ValueError(f"unknown SAM model {kind!r}; choose from {', '.join(SAM_KINDS)}")
     if kind in RANDOM_ONLY_SAM and not random_weights:
         raise ValueError(f"SAM model {kind!r} exists only with random weights (for tests)")
     model = SAM_BUILDERS[kind]()
@@ -133,6 +143,8 @@ def sam_at_resolution(sam: nn.Module, size: int) -> nn.Module:
     about 4x cheaper on a CPU, for coarser masks. The absolute position table is resized bicubically;
     the relative position tables are already interpolated by SAM for other sizes.
     """
+    if is_sam2(sam):
+        return sam2_at_resolution(sam, size)
     encoder = sam.image_encoder
     if size == encoder.img_size:
         return sam
@@ -158,6 +170,11 @@ def sam_at_resolution(sam: nn.Module, size: int) -> nn.Module:
     return small
 
 
+def input_size_of(sam: nn.Module) -> int:
+    """The square input side of a SAM or SAM 2.1 model."""
+    return sam.image_size if is_sam2(sam) else sam.image_encoder.img_size
+
+
 class ModelCache:
     """Loaded models by (kind, name, weights, device); loading happens once even under concurrent calls."""
 
@@ -180,7 +197,7 @@ class ModelCache:
             checkpoint_dir: str | Path | None = None, download: bool = True, input_size: int = 1024) -> nn.Module:
         key = ("sam", kind, random_weights, str(device), str(checkpoint_dir))
         full = self.get(key, lambda: build_sam(kind, device, random_weights, checkpoint_dir, download))
-        if input_size == full.image_encoder.img_size:
+        if input_size == input_size_of(full):
             return full
         return self.get((*key, input_size), lambda: sam_at_resolution(full, input_size))
 

@@ -1,4 +1,4 @@
-"""Class-agnostic mask proposals from Segment Anything, made disjoint.
+"""Class-agnostic mask proposals from Segment Anything (or SAM 2.1), made disjoint.
 
 SAM's automatic generator returns overlapping masks (a shirt inside a person inside a crowd). A label map
 needs each pixel in at most one segment, so overlaps are resolved by one documented rule: masks are
@@ -17,6 +17,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from torch import nn
 
 from .config import ProposalConfig
+from .sam2_backend import is_sam2, sam2_generator
 from .timing import Deadline
 
 
@@ -56,9 +57,11 @@ class _CheckedGenerator(SamAutomaticMaskGenerator):
         return super()._process_batch(*args, **kwargs)
 
 
-def sam_generator(sam: nn.Module, config: ProposalConfig, deadline: Deadline | None = None
-                  ) -> SamAutomaticMaskGenerator:
-    """The stock SamAutomaticMaskGenerator with our settings: proposals equal SAM's own at equal options."""
+def sam_generator(sam: nn.Module, config: ProposalConfig, deadline: Deadline | None = None):
+    """The stock automatic generator of SAM (or SAM 2.1) with our settings: proposals equal the stock
+    generator's at equal options."""
+    if is_sam2(sam):
+        return sam2_generator(sam, config, deadline)
     return _CheckedGenerator(sam, output_mode="binary_mask", deadline=deadline, **config.generator_kwargs())
 
 
@@ -109,7 +112,8 @@ def resolve_overlaps(masks: list[np.ndarray] | np.ndarray, scores: np.ndarray | 
 
 def generate_proposals(sam: nn.Module, image: np.ndarray, config: ProposalConfig,
                        deadline: Deadline | None = None) -> Proposals:
-    """SAM's masks for an RGB uint8 image, limited to ``config.max_masks`` by predicted IoU, made disjoint."""
+    """SAM's (or SAM 2.1's) masks for an RGB uint8 image, limited to ``config.max_masks`` by predicted IoU,
+    made disjoint."""
     with torch.inference_mode():
         records = sam_generator(sam, config, deadline).generate(image)
     raw = len(records)

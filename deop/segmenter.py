@@ -61,7 +61,7 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig | None = None, models: ModelCache = MODELS) -> None:
         self.config = config or SegmenterConfig()
         self.device = resolve_device(self.config.device)
-        self._models = models
+        self.models = models
         self.text_cache = TextEmbeddingCache()
         self._proposals = LRUCache(self.config.cache_size)
         self._features = LRUCache(self.config.cache_size)
@@ -73,7 +73,7 @@ class Segmenter:
     def clip(self) -> ClipModel:
         c = self.config
         pretrained = None if c.random_weights else c.clip_pretrained
-        return self._models.clip(c.clip_model, pretrained, self.device, c.half)
+        return self.models.clip(c.clip_model, pretrained, self.device, c.half)
 
     @property
     def sam(self) -> torch.nn.Module:
@@ -82,7 +82,7 @@ class Segmenter:
     def sam_at(self, input_size: int = 1024) -> torch.nn.Module:
         """SAM with its encoder run at `input_size` (weights shared with the 1024 px model)."""
         c = self.config
-        return self._models.sam(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
+        return self.models.sam(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
                                 input_size)
 
     def load(self) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from . import render
 from .errors import USER_ERRORS
 from .export import primary_method, save_result
+from .models import model_title
 from .result import STAGES, SegmentationResult
 from .segmenter import Segmenter
 
@@ -47,7 +48,8 @@ class ModelLoader:
         if self.error:
             return f"**Models could not be loaded.** {self.error}"
         weights = "random weights" if c.random_weights else f"{c.clip_pretrained} weights"
-        return f"Ready: CLIP {c.clip_model} ({weights}) and SAM {c.sam_kind} on {self.segmenter.device}"
+        return (f"Ready: CLIP {c.clip_model} ({weights}) and {model_title(c.sam_kind)} on "
+                f"{self.segmenter.device}")
 
 
 def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:

@@ -203,3 +203,59 @@ def clip_weights_error(model: str, pretrained: str, exc: BaseException) -> Weigh
         "fetches them through the Hugging Face cache ($HF_HOME, by default ~/.cache/huggingface); on a "
         "machine without internet, copy a cache that already holds them there and set HF_HUB_OFFLINE=1. "
         + RANDOM_WEIGHTS_HINT)
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A checkpoint published on the Hugging Face Hub (SAM 2.1's), fetched into the Hub's cache."""
+
+    repo_id: str
+    filename: str
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.filename}"
+
+
+def _verify_hub_blob(path: Path) -> bool:
+    """True when the cached file's SHA-256 is the one the Hub declared for it.
+
+    Meta publishes no checksums for SAM 2.1, but the Hub names each cached large (LFS) file after the
+    SHA-256 it reported at download time, so that name is the integrity check; any other name (a file
+    placed by hand) is taken as it is and checked by loading it strictly.
+    """
+    blob = Path(path).resolve()
+    if not re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return True
+    return _cached_sha256(blob) == blob.name
+
+
+def ensure_hub_checkpoint(ckpt: HubCheckpoint, checkpoint_dir: Path | None = None,
+                          download_missing: bool = True, hub_download=None) -> Path:
+    """A file in ``checkpoint_dir`` (placed by hand) if there is one, else the verified Hub copy.
+
+    ``hub_download`` defaults to ``huggingface_hub.hf_hub_download`` (progress bar, resumable, shared
+    cache); a corrupt cached copy is fetched once more before giving up.
+    """
+    local = (Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()) / ckpt.filename
+    if local.is_file():
+        return local
+    if hub_download is None:
+        from huggingface_hub import hf_hub_download as hub_download
+    for attempt in range(2):
+        try:
+            path = Path(hub_download(repo_id=ckpt.repo_id, filename=ckpt.filename,
+                                     local_files_only=not download_missing, force_download=attempt > 0))
+        except Exception as exc:  # offline, refused, not cached with downloads off: one message for all
+            where = "is not in the Hugging Face cache and downloads are off" if not download_missing else \
+                f"could not be downloaded ({type(exc).__name__}: {_short_reason(exc)})"
+            raise WeightsError(f"{ckpt.filename} from {ckpt.repo_id} {where}. "
+                               + _manual_hint(ckpt.url, local)) from exc
+        if _verify_hub_blob(path):
+            return path
+        if not download_missing or attempt:
+            break
+        warnings.warn(f"the cached {ckpt.filename} is corrupt (SHA-256 differs from the Hub's); downloading "
+                      "it again", stacklevel=2)
+    raise WeightsError(f"the cached {ckpt.filename} at {path} is corrupt (SHA-256 differs from the one the "
+                       "Hugging Face Hub declared). Delete it, then " + _manual_hint(ckpt.url, local))

@@ -97,3 +97,35 @@ def test_targets_fail():
 def test_targets_skip_what_was_not_measured():
     records = [r for r in synthetic() if r["kind"] not in ("e2e", "memory", "proposals")]
     assert [t.status for t in evaluate_targets(records)][-3:] == ["SKIP", "SKIP", "SKIP"]
+
+
+def test_other_backends_do_not_stand_in_for_the_main_model_in_targets():
+    main = [{**r, "sam_model": "vit_b"} for r in synthetic(demo=90.0, fast=25.0)]
+    other = fake("e2e", "one-pass", 1024, 0, 80.0, preset="fast", preset_default=True, sam_model="sam2.1_hiera_t")
+    records = main[:8] + [other] + main[8:]
+    fast_target = evaluate_targets(records)[-1]
+    assert fast_target.status == "PASS" and fast_target.value == pytest.approx(90.0 / 25.0)
+
+
+def test_backend_flag():
+    from deop.bench import _backends
+    from deop.sam2_backend import available
+
+    assert _backends(None, quick=True) == () and _backends("none", quick=False) == ()
+    assert _backends(None, quick=False) == (("sam2.1_hiera_t",) if available() else ())
+    assert _backends("vit_b, tiny", quick=True) == ("vit_b", "tiny")
+    with pytest.raises(ValueError, match="unknown proposal model"):
+        _backends("sam3", quick=False)
+
+
+def test_backend_records_carry_their_model(segmenter):
+    from deop.sam2_backend import available
+
+    if not available():
+        pytest.skip("the optional sam2 package is not installed")
+    bench = Bench(segmenter, repeats=1, warmup=0)
+    records = [r.to_dict() for r in bench.backends(["sam2.1_hiera_t"], configs=[("fast", 2)])]
+    assert [(r["kind"], r["method"], r["sam_model"], r["preset"]) for r in records] == [
+        ("e2e", "one-pass", "sam2.1_hiera_t", "fast")]
+    assert records[0]["seconds_median"] > 0 and segmenter.config.sam_kind == "tiny"
+    assert "sam2.1_hiera_t fast pps=2" in format_table(records)
