@@ -94,10 +94,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         loader.ready.wait()
         if loader.error:
             raise gr.Error(loader.error)
-        try:
-            image = load_image(image)
-        except ImageError as exc:  # name the user's file, not the server's upload folder
-            raise gr.Error(str(exc).replace(str(image), Path(str(image)).name)) from None
+        try:  # errors name the user's file, not the server's upload folder
+            image = load_image(image, display_name=Path(str(image)).name)
+        except ImageError as exc:
+            raise gr.Error(str(exc)) from None
         try:
             result = segmenter.segment(
                 image, vocabulary, method=method, timeout=time_limit,

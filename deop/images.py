@@ -29,13 +29,17 @@ class ImageError(ValueError):
     """The input cannot be used as an image; the message is one line a user can act on."""
 
 
-def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a path, bytes, file object, PIL image or array to a C-contiguous HxWx3 uint8 array."""
+def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, display_name: str | None = None) -> np.ndarray:
+    """Decode a path, bytes, file object, PIL image or array to a C-contiguous HxWx3 uint8 array.
+
+    display_name: how errors name the file instead of its path (a server names the user's upload, not
+    its own temporary folder).
+    """
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, Image.Image):
         return _from_pil(source, max_pixels, "the image")
-    img, name = _open(source, max_pixels)
+    img, name = _open(source, max_pixels, display_name)
     with img:
         return _from_pil(img, max_pixels, name)
 
@@ -44,18 +48,18 @@ def _too_large(pixels: str, max_pixels: int) -> ImageError:
     return ImageError(f"image is too large: {pixels} pixels (limit {max_pixels / 1e6:g} megapixels)")
 
 
-def _open(source: object, max_pixels: int) -> tuple[Image.Image, str]:
+def _open(source: object, max_pixels: int, display_name: str | None = None) -> tuple[Image.Image, str]:
     """Open lazily: only the header is read here, so the size can be checked before decoding."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        name = display_name or str(path)
         if not path.exists():
-            raise ImageError(f"no such file: {path}")
+            raise ImageError(f"no such file: {name}")
         if not path.is_file():
-            raise ImageError(f"not a file: {path}")
+            raise ImageError(f"not a file: {name}")
         if path.stat().st_size == 0:
-            raise ImageError(f"the file is empty: {path}")
+            raise ImageError(f"the file is empty: {name}")
         fp: Path | io.BytesIO = path
-        name = str(path)
     else:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
@@ -67,7 +71,7 @@ def _open(source: object, max_pixels: int) -> tuple[Image.Image, str]:
             raise ImageError(f"cannot read an image from a {type(source).__name__}")
         if not data:
             raise ImageError("the file is empty")
-        fp, name = io.BytesIO(data), "the image data"
+        fp, name = io.BytesIO(data), display_name or "the image data"
     with warnings.catch_warnings():
         # Our own limit (checked in _from_pil) replaces PIL's warning; its hard error is still caught below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -226,6 +226,22 @@ def test_truncated_files(tmp_path, fmt):
         load_image(data[: len(data) // 2])
 
 
+def test_display_name_replaces_the_path_in_every_file_error(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(NOISE).save(buf, "PNG")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(buf.getvalue()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    for path, message in ((cut, "truncated or corrupt"), (text, "not an image file"), (empty, "the file is empty"),
+                          (tmp_path / "gone.png", "no such file")):
+        with pytest.raises(ImageError, match=message) as err:
+            load_image(path, display_name="holiday.png")
+        assert "holiday.png" in str(err.value) and str(tmp_path) not in str(err.value)
+
+
 def test_black_png_helper_makes_real_pngs():
     out = load_image(black_png(37, 5))
     check_rgb(out, (5, 37))
