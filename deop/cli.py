@@ -45,7 +45,8 @@ def add_option_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred-iou-thresh", type=float, default=None)
     p.add_argument("--stability-score-thresh", type=float, default=None)
     p.add_argument("--max-masks", type=int, default=None)
-    p.add_argument("--sam-input-size", type=int, default=None, help="SAM encoder input (1024 as trained, 512 fast)")
+    p.add_argument("--sam-input-size", type=int, default=None,
+                   help="SAM encoder input (1024 as trained, 512 fast; a multiple of 32 for SAM 2.1)")
     p.add_argument("--max-side", type=int, default=o.max_side, help="downscale so the long side is at most N")
     p.add_argument("--clip-size", type=int, default=o.clip_size, help="long side of the one CLIP pass")
     p.add_argument("--severance", default=o.severance, choices=list(SEVERANCE_VARIANTS))
@@ -123,8 +124,8 @@ def timing_line(result) -> str:
     if speedup and speedup >= 1:
         line += f"; one-pass CLIP stage {speedup:.1f}x faster than crops"
     elif speedup:
-        line += (f"; crops {1 / speedup:.1f}x faster than one pass with only "
-                 f"{len(result.methods['crop'].segments)} segment(s)")
+        n = len(result.methods["crop"].segments)
+        line += f"; crops {1 / speedup:.1f}x faster than one pass with only {n} segment{'' if n == 1 else 's'}"
     return line
 
 

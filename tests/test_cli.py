@@ -112,3 +112,23 @@ def test_random_weight_runs_keep_every_mask_unless_thresholds_are_given():
     assert (real.pred_iou_thresh, real.stability_score_thresh) == (0.88, 0.95)
     assert (rand.pred_iou_thresh, rand.stability_score_thresh) == (0.0, 0.0)
     assert explicit.pred_iou_thresh == 0.5
+
+
+@pytest.mark.parametrize("n_segments,crop_seconds,expected", [
+    (1, 0.1, "crops 5.0x faster than one pass with only 1 segment"),
+    (3, 0.1, "crops 5.0x faster than one pass with only 3 segments"),
+    (3, 2.0, "one-pass CLIP stage 4.0x faster than crops"),
+])
+def test_timing_line_says_who_won(n_segments, crop_seconds, expected):
+    from deop.cli import timing_line
+    from deop.result import MethodResult, Segment, SegmentationResult
+
+    def method(name: str, image_seconds: float) -> MethodResult:
+        timings = {"proposals": 1.0, "image_encoding": image_seconds, "text_encoding": 0.0, "classification": 0.0,
+                   "total": 1.0 + image_seconds}
+        segments = [Segment(i, (0, 0, 1, 1), 1, 0, 1.0, [("a", 1.0)]) for i in range(n_segments)]
+        return MethodResult(name, np.zeros((2, 2), np.int32), segments, timings)
+
+    result = SegmentationResult(["a"], (2, 2), {"one-pass": method("one-pass", 0.5),
+                                                "crop": method("crop", crop_seconds)})
+    assert timing_line(result).endswith(expected)
