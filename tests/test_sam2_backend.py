@@ -225,3 +225,11 @@ def test_status_line_names_the_sam2_model(sam2_small):
     loader = ModelLoader(Segmenter(replace(SMALL_CONFIG, sam_kind=KIND))).start()
     assert loader.ready.wait(120)
     assert "SAM 2.1 hiera_t" in loader.status() and loader.error is None
+
+
+def test_without_the_sam2_package_the_error_says_how_to_install_it(monkeypatch):
+    import deop.sam2_backend
+
+    monkeypatch.setattr(deop.sam2_backend, "available", lambda: False)
+    with pytest.raises(WeightsError, match="no-build-isolation sam2==1.1.0"):
+        build_sam(KIND, CPU, random_weights=True)
