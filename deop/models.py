@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from .lean_attention import lean_sam_attention
-from .sam2_backend import SAM2_MODELS, build_sam2_model, is_sam2, sam2_at_resolution
+from .sam2_backend import (
+    SAM2_MODELS,
+    build_sam2_model,
+    is_sam2,
+    prompt_encoder_at,
+    sam2_at_resolution,
+    with_modules,
+)
 from .weights import WeightsError, clip_weights_error, ensure_sam_checkpoint, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -159,15 +166,8 @@ def sam_at_resolution(sam: nn.Module, size: int) -> nn.Module:
         pos = encoder.pos_embed.permute(0, 3, 1, 2)
         pos = torch.nn.functional.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)
         small_encoder.pos_embed = nn.Parameter(pos.permute(0, 2, 3, 1), requires_grad=False)
-    prompt = copy.copy(sam.prompt_encoder)
-    prompt.image_embedding_size = (grid, grid)
-    prompt.input_image_size = (size, size)
-    prompt.mask_input_size = (4 * grid, 4 * grid)
-    small = copy.copy(sam)
-    small._modules = dict(sam._modules)
-    small._modules["image_encoder"] = small_encoder
-    small._modules["prompt_encoder"] = prompt
-    return small
+    return with_modules(sam, image_encoder=small_encoder,
+                        prompt_encoder=prompt_encoder_at(sam.prompt_encoder, size, grid))
 
 
 def input_size_of(sam: nn.Module) -> int:

@@ -97,6 +97,23 @@ def build_sam2_model(kind: str, device: torch.device, random_weights: bool = Fal
     return model.to(device).eval().requires_grad_(False)
 
 
+def with_modules(module: nn.Module, **children: nn.Module) -> nn.Module:
+    """A shallow copy of `module` with some child modules replaced; the others, and every weight, shared."""
+    out = copy.copy(module)
+    out._modules = {**module._modules, **children}
+    return out
+
+
+def prompt_encoder_at(prompt: nn.Module, size: int, grid: int) -> nn.Module:
+    """A copy of a SAM or SAM 2 prompt encoder (both keep these three sizes) for a `size` px input whose
+    embedding is `grid` x `grid`; the weights are shared."""
+    prompt = copy.copy(prompt)
+    prompt.image_embedding_size = (grid, grid)
+    prompt.input_image_size = (size, size)
+    prompt.mask_input_size = (4 * grid, 4 * grid)
+    return prompt
+
+
 def sam2_at_resolution(model: nn.Module, size: int) -> nn.Module:
     """The same SAM 2.1 (shared weights) run at `size` x `size` instead of 1024.
 
@@ -110,13 +127,7 @@ def sam2_at_resolution(model: nn.Module, size: int) -> nn.Module:
     if size % stride:
         raise ValueError(f"SAM 2.1 input size must be a multiple of {stride}")
     grid = size // model.backbone_stride
-    prompt = copy.copy(model.sam_prompt_encoder)
-    prompt.image_embedding_size = (grid, grid)
-    prompt.input_image_size = (size, size)
-    prompt.mask_input_size = (4 * grid, 4 * grid)
-    small = copy.copy(model)
-    small._modules = dict(model._modules)
-    small._modules["sam_prompt_encoder"] = prompt
+    small = with_modules(model, sam_prompt_encoder=prompt_encoder_at(model.sam_prompt_encoder, size, grid))
     small.image_size = size
     small.sam_image_embedding_size = grid
     return small
