@@ -78,6 +78,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     atomic_image_cache()
     segmenter = Segmenter(config)
     loader = ui.ModelLoader(segmenter).start()
+    models = ui.proposal_models(segmenter)
+    segmenters = ui.SegmenterPool(segmenter, [kind for _, kind in models])
     defaults = config.options
     examples = json.loads((ROOT / "assets" / "examples.json").read_text())
 
@@ -88,7 +90,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 fill_uncovered=defaults.fill_uncovered, templates=defaults.templates, clip_size=defaults.clip_size,
                 n_severed=defaults.n_severed, max_masks=defaults.proposals.max_masks,
                 min_mask_region_area=defaults.proposals.min_mask_region_area,
-                box_nms_thresh=defaults.proposals.box_nms_thresh, state=None, progress=gr.Progress()):
+                box_nms_thresh=defaults.proposals.box_nms_thresh, proposal_model=config.sam_kind, state=None,
+                progress=gr.Progress()):
         if image is None:
             raise gr.Error("Upload an image first (or click an example).")
         loader.ready.wait()
@@ -99,7 +102,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         except ImageError as exc:
             raise gr.Error(str(exc)) from None
         try:
-            result = segmenter.segment(
+            result = segmenters.get(proposal_model).segment(
                 image, vocabulary, method=method, timeout=time_limit,
                 progress=lambda f, d: progress(f, desc=d), points_per_side=int(points_per_side),
                 pred_iou_thresh=float(pred_iou_thresh), stability_score_thresh=float(stability_score_thresh),
@@ -170,6 +173,9 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                     min_area = gr.Slider(0, 2000, value=defaults.proposals.min_mask_region_area, step=10,
                                          label="SAM min mask region area (px)")
                     nms = gr.Slider(0, 1, value=defaults.proposals.box_nms_thresh, label="SAM box NMS threshold")
+                    proposal_model = gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
+                                                 visible=len(models) > 1,
+                                                 info="loaded on first use; same options for both")
                 run = gr.Button("Segment", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -191,7 +197,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
                       vocabulary)
         run.click(segment, [image, vocabulary, method, pps, iou, stab, max_side, severance, threshold, fill, templates,
-                            clip_size, n_severed, max_masks, min_area, nms, state],
+                            clip_size, n_severed, max_masks, min_area, nms, proposal_model, state],
                   [out_left, out_right, latency, chart, files, heat_class, inspect, clicked, state],
                   api_name="segment")
         heat_class.change(heatmap, [heat_class, state], heat)

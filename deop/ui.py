@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import numpy as np
 from . import render
 from .errors import USER_ERRORS
 from .export import primary_method, save_result
-from .models import model_title
+from .models import SAM2_MODELS, model_title
 from .result import STAGES, SegmentationResult
+from .sam2_backend import available as sam2_available
 from .segmenter import Segmenter
 
 METHOD_TITLES = {"one-pass": "One pass (DeOP)", "crop": "Crop baseline", "dense": "Dense (no SAM)"}
@@ -50,6 +52,39 @@ class ModelLoader:
         weights = "random weights" if c.random_weights else f"{c.clip_pretrained} weights"
         return (f"Ready: CLIP {c.clip_model} ({weights}) and {model_title(c.sam_kind)} on "
                 f"{self.segmenter.device}")
+
+
+def proposal_models(segmenter: Segmenter) -> list[tuple[str, str]]:
+    """(title, kind) of the proposal models the app offers: the configured one first, then the other
+    family's smallest (SAM vit_b, or SAM 2.1 Hiera-T when the sam2 package is installed), so SAM and
+    SAM 2.1 can be compared on the same image. Larger models stay a ``--sam`` choice: one click should not
+    download and hold gigabytes on a shared server."""
+    kind = segmenter.config.sam_kind
+    other = "vit_b" if kind in SAM2_MODELS else ("sam2.1_hiera_t" if sam2_available() else None)
+    kinds = [kind] + ([other] if other and other != kind else [])
+    return [(model_title(k), k) for k in kinds]
+
+
+class SegmenterPool:
+    """One Segmenter per offered proposal model, built on first use; all share the model cache and the
+    text embeddings, so switching models never re-encodes a vocabulary or reloads CLIP."""
+
+    def __init__(self, base: Segmenter, kinds: list[str]) -> None:
+        self.base = base
+        self.kinds = list(kinds)
+        self._by_kind = {base.config.sam_kind: base}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str | None) -> Segmenter:
+        kind = kind or self.base.config.sam_kind
+        if kind not in self.kinds:
+            raise ValueError(f"unknown proposal model {kind!r}; this app offers {', '.join(self.kinds)}")
+        with self._lock:
+            if kind not in self._by_kind:
+                seg = Segmenter(replace(self.base.config, sam_kind=kind), models=self.base.models)
+                seg.text_cache = self.base.text_cache
+                self._by_kind[kind] = seg
+            return self._by_kind[kind]
 
 
 def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:

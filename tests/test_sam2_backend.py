@@ -202,21 +202,24 @@ def test_a_file_placed_by_hand_wins(tmp_path):
 
 
 @pytest.mark.slow
-def test_app_serves_sam2_proposals(tmp_path):
+def test_app_switches_to_sam2_proposals_and_back(app_url, tmp_path):
+    """The app's "Proposal model" choice: SAM 2.1 on the same image, then the configured SAM again."""
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
     from PIL import Image
 
-    from app import build_app
-    from conftest import serve
-
-    config = replace(SMALL_CONFIG, sam_kind=KIND,
-                     options=SMALL_CONFIG.options.with_overrides(proposals=PROPOSALS, sam_input_size=256))
-    Image.fromarray(scene(seed=4)).save(tmp_path / "scene.png")
-    with serve(build_app(config)) as url:
-        client = Client(url, verbose=False)
-        left, _, latency, *_ = client.predict(handle_file(str(tmp_path / "scene.png")), "sky, grass", "one-pass",
-                                              api_name="/segment")
-    assert left["annotations"] and "One pass (DeOP)" in latency
+    Image.fromarray(scene(seed=44)).save(tmp_path / "scene.png")
+    client = Client(app_url, verbose=False)
+    image = handle_file(str(tmp_path / "scene.png"))
+    left, _, latency, *_ = client.predict(image, "sky, grass", "one-pass", proposal_model=KIND, api_name="/segment")
+    assert left["annotations"] and "One pass (DeOP)" in latency and "reused" not in latency
+    # the configured model's proposals are not SAM 2.1's: nothing is served from the other model's cache
+    _, _, latency, *_ = client.predict(image, "sky, grass", "one-pass", api_name="/segment")
+    assert "reused" not in latency
+    with pytest.raises(AppError, match="vit_h is not in the list of choices"):  # Gradio's check, then ours
+        client.predict(image, "sky", "one-pass", proposal_model="vit_h", api_name="/segment")
+    out = client.predict(image, "sky", "one-pass", api_name="/segment")
+    assert out[0]["annotations"]
 
 
 def test_status_line_names_the_sam2_model(sam2_small):

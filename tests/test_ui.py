@@ -103,3 +103,29 @@ def test_inspect_view_highlights_the_clicked_segment(shown):
     outside = ~mask & (plain.sum(axis=2) > 0)
     assert (picked[outside].astype(int).sum() < plain[outside].astype(int).sum())  # the rest is dimmed
     assert np.array_equal(ui.highlight_at(plain, result, -5, -5), plain)  # off the image: nothing picked
+
+
+def test_app_offers_the_configured_proposal_model_and_the_other_family(segmenter):
+    from dataclasses import replace
+
+    from deop.sam2_backend import available
+    from deop.segmenter import Segmenter
+
+    offered = ui.proposal_models(segmenter)
+    assert offered[0] == ("SAM tiny", "tiny")
+    assert offered[1:] == ([("SAM 2.1 hiera_t", "sam2.1_hiera_t")] if available() else [])
+    sam2_first = ui.proposal_models(Segmenter(replace(segmenter.config, sam_kind="sam2.1_hiera_t")))
+    assert [kind for _, kind in sam2_first] == ["sam2.1_hiera_t", "vit_b"]
+
+
+def test_segmenter_pool_shares_models_and_text_and_refuses_other_kinds(segmenter):
+    import pytest
+
+    pool = ui.SegmenterPool(segmenter, ["tiny", "vit_b"])
+    assert pool.get(None) is segmenter and pool.get("tiny") is segmenter
+    other = pool.get("vit_b")
+    assert other is pool.get("vit_b") and other.config.sam_kind == "vit_b"
+    assert other.models is segmenter.models and other.text_cache is segmenter.text_cache
+    assert other.config.options == segmenter.config.options
+    with pytest.raises(ValueError, match="unknown proposal model 'vit_h'"):
+        pool.get("vit_h")
