@@ -156,6 +156,9 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 vocabulary = gr.Textbox(label="Classes", value="cat, sofa, wall, blanket", lines=3, info=HINT)
                 method = gr.Radio(["one-pass", "crop", "both", "dense"], value="both", label="Method")
                 with gr.Accordion("Advanced", open=False):
+                    proposal_model = gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
+                                                 visible=len(models) > 1,
+                                                 info="loaded on first use; same options for both")
                     pps = gr.Slider(4, 48, value=defaults.proposals.points_per_side, step=1,
                                     label="SAM points per side")
                     iou = gr.Slider(0, 1, value=defaults.proposals.pred_iou_thresh, label="SAM predicted IoU threshold")
@@ -173,9 +176,6 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                     min_area = gr.Slider(0, 2000, value=defaults.proposals.min_mask_region_area, step=10,
                                          label="SAM min mask region area (px)")
                     nms = gr.Slider(0, 1, value=defaults.proposals.box_nms_thresh, label="SAM box NMS threshold")
-                    proposal_model = gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
-                                                 visible=len(models) > 1,
-                                                 info="loaded on first use; same options for both")
                 run = gr.Button("Segment", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
