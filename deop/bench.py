@@ -42,8 +42,6 @@ QUICK_N = (10, 100, 200)
 DEFAULT_E2E = (("fast", None), ("fast", 12), ("fast", 16), ("demo", None))
 E2E_IMAGE = 1024  # long side of the end-to-end image: the default max_side, so SAM sees it at full size
 REQUERY_MASKS = 100
-# Other proposal backends run end to end at these settings (the same presets as SAM's).
-BACKEND_E2E = (("fast", None), ("demo", None))
 
 
 @dataclass
@@ -282,10 +280,10 @@ class Bench:
             self.advance(f"proposals {method} pps={points_per_side}")
         return out
 
-    def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]] = BACKEND_E2E
+    def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]] = DEFAULT_E2E
                  ) -> list[BenchRecord]:
-        """End to end (one-pass) with other proposal models, e.g. SAM 2.1, on the same image, CLIP and text:
-        records differ from the main model's only in ``sam_model``."""
+        """End to end (one-pass) with other proposal models, e.g. SAM 2.1, at the main model's settings, on
+        the same image, CLIP and text: records differ from the main model's only in ``sam_model``."""
         out = []
         for kind in kinds:
             other = Segmenter(replace(self.segmenter.config, sam_kind=kind), models=self.segmenter.models)
@@ -522,7 +520,7 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
     if p.get("stock_points"):  # after the memory record: stock SAM's attention peaks 1-2 GB higher than ours
         records += bench.proposals_vs_stock(p["stock_points"])
     if p.get("backends"):  # after the memory record too: the target counts the default models only
-        records += bench.backends(p["backends"])
+        records += bench.backends(p["backends"], p["e2e"])
     flat = [r.to_dict() for r in records]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
 
@@ -530,7 +528,7 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
 def steps(p: dict[str, Any]) -> int:
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
     return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
-        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(BACKEND_E2E)
+        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(p["e2e"])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

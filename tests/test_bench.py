@@ -129,3 +129,16 @@ def test_backend_records_carry_their_model(segmenter):
         ("e2e", "one-pass", "sam2.1_hiera_t", "fast")]
     assert records[0]["seconds_median"] > 0 and segmenter.config.sam_kind == "tiny"
     assert "sam2.1_hiera_t fast pps=2" in format_table(records)
+
+
+def test_plan_runs_other_backends_at_the_main_models_settings():
+    import argparse
+
+    from deop.bench import add_parser, plan, steps
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    p = plan(parser.parse_args(["bench", "--backends", "vit_l"]))
+    assert p["backends"] == ("vit_l",) and p["e2e"] == [("fast", None), ("fast", 12), ("fast", 16), ("demo", None)]
+    assert steps(p) == steps({**p, "backends": ()}) + len(p["e2e"])
+    assert plan(parser.parse_args(["bench", "--backends", "vit_l", "--skip-e2e"]))["backends"] == ()
