@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import ProposalConfig
 from .sam2_backend import is_sam2, sam2_generator
-from .timing import Deadline
+from .timing import Deadline, DeadlineBatches
 
 
 @dataclass
@@ -45,16 +45,12 @@ class Proposals:
         return self.segment_map == index
 
 
-class _CheckedGenerator(SamAutomaticMaskGenerator):
+class _CheckedGenerator(DeadlineBatches, SamAutomaticMaskGenerator):
     """SAM's own generator, checking a deadline before each batch of point prompts (outputs unchanged)."""
 
     def __init__(self, *args, deadline: Deadline | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline or Deadline(None)
-
-    def _process_batch(self, *args, **kwargs):
-        self.deadline.check("mask proposals")
-        return super()._process_batch(*args, **kwargs)
 
 
 def sam_generator(sam: nn.Module, config: ProposalConfig, deadline: Deadline | None = None):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import ProposalConfig
-from .timing import Deadline
+from .timing import Deadline, DeadlineBatches
 from .weights import HubCheckpoint, WeightsError, ensure_hub_checkpoint, load_state_dict
 
 INSTALL_HINT = ("SAM 2.1 needs the optional sam2 package: "
@@ -138,10 +138,8 @@ def _generator_class():
     """Defined on first use, so that importing deop never imports sam2 (optional, and slow to import)."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    class Sam2Generator(SAM2AutomaticMaskGenerator):
-        def _process_batch(self, *args, **kwargs):
-            self.deadline.check("mask proposals")
-            return super()._process_batch(*args, **kwargs)
+    class Sam2Generator(DeadlineBatches, SAM2AutomaticMaskGenerator):
+        pass
 
     return Sam2Generator
 
