@@ -286,8 +286,7 @@ class Bench:
         the same image, CLIP and text: records differ from the main model's only in ``sam_model``."""
         out = []
         for kind in kinds:
-            other = Segmenter(replace(self.segmenter.config, sam_kind=kind), models=self.segmenter.models)
-            other.text_cache = self.segmenter.text_cache
+            other = self.segmenter.with_proposal_model(kind)
             out += replace(self, segmenter=other).end_to_end(configs, ("one-pass",))
         return out
 

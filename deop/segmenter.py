@@ -8,7 +8,7 @@ the same image only re-encodes new class names and re-pools.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,14 @@ class Segmenter:
         c = self.config
         return self.models.sam(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
                                 input_size)
+
+    def with_proposal_model(self, sam_kind: str) -> Segmenter:
+        """A Segmenter that differs only in its proposal model, sharing this one's model cache and text
+        embeddings (switching models never reloads CLIP or re-encodes a vocabulary); its proposal and
+        feature caches are its own."""
+        other = Segmenter(replace(self.config, sam_kind=sam_kind), models=self.models)
+        other.text_cache = self.text_cache
+        return other
 
     def load(self) -> None:
         """Load (or fetch) both models now rather than on the first request; SAM first, its checkpoint

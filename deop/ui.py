@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +65,7 @@ def proposal_models(segmenter: Segmenter) -> list[tuple[str, str]]:
 
 
 class SegmenterPool:
-    """One Segmenter per offered proposal model, built on first use; all share the model cache and the
-    text embeddings, so switching models never re-encodes a vocabulary or reloads CLIP."""
+    """One Segmenter per offered proposal model (``Segmenter.with_proposal_model``), built on first use."""
 
     def __init__(self, base: Segmenter, kinds: list[str]) -> None:
         self.base = base
@@ -81,9 +79,7 @@ class SegmenterPool:
             raise ValueError(f"unknown proposal model {kind!r}; this app offers {', '.join(self.kinds)}")
         with self._lock:
             if kind not in self._by_kind:
-                seg = Segmenter(replace(self.base.config, sam_kind=kind), models=self.base.models)
-                seg.text_cache = self.base.text_cache
-                self._by_kind[kind] = seg
+                self._by_kind[kind] = self.base.with_proposal_model(kind)
             return self._by_kind[kind]
 
 

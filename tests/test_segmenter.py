@@ -177,3 +177,11 @@ def test_concurrent_requests_get_exactly_their_own_results(segmenter):
         assert a.classes == b.classes
         for name in ("one-pass", "crop"):
             np.testing.assert_array_equal(a.methods[name].label_map, b.methods[name].label_map)
+
+
+def test_a_sibling_for_another_proposal_model_shares_models_and_text_only(segmenter):
+    other = segmenter.with_proposal_model("vit_b")
+    assert other.config.sam_kind == "vit_b" and segmenter.config.sam_kind == "tiny"
+    assert other.config.options == segmenter.config.options and other.device == segmenter.device
+    assert other.models is segmenter.models and other.text_cache is segmenter.text_cache
+    assert other._proposals is not segmenter._proposals and other._features is not segmenter._features
