@@ -63,7 +63,9 @@ def is_sam2(model: nn.Module) -> bool:
     return hasattr(model, "sam_mask_decoder")
 
 
+@functools.cache
 def _has_extension() -> bool:
+    """Asked on every request; a failed import is not cached by Python, so the answer is."""
     try:
         from sam2 import _C  # noqa: F401
     except ImportError:
