@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-app install clean
 
 $(STAMP): requirements.txt requirements-sam2.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m deop bench --quick --random-weights --json bench.json --plot bench.png
+
+bench-app: $(STAMP)
+	$(PY) -m deop bench-app --app-args="--random-weights $(ARGS)" --json bench-app.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

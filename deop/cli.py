@@ -177,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_arguments(seg)
     seg.set_defaults(func=cmd_segment)
 
-    from . import bench, evaluate
+    from . import app_bench, bench, evaluate
 
     bench.add_parser(sub)
+    app_bench.add_parser(sub)
     evaluate.add_parser(sub)
     return parser
 

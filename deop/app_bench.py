@@ -1,0 +1,292 @@
+"""``python -m deop bench-app``: the web app's latency as its users wait for it, measured through its API.
+
+``python -m deop bench`` times the pipeline inside one process. A user of the app also waits for the
+upload, the queue, rendering the overlays and writing the downloads, so this times whole requests to the
+app's ``/segment`` endpoint with ``gradio_client``, wall clock at the client. Each image is sent twice:
+with its vocabulary (every stage runs), then with one class added (the app reuses the image's proposals
+and features, so only the new name is encoded): the two latencies the README promises. A first request on
+a synthetic image goes before them and is reported apart, since it also waits for the models to load.
+
+It launches ``app.py`` itself on a free local port with the flags given (``--app-args``), or measures an
+app already running anywhere, a Hugging Face Space included (``--url``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUESTS = ("warm-up", "first", "vocabulary change")
+WARM_UP_VOCABULARY = "sky, ground"
+
+
+class AppBenchError(RuntimeError):
+    """The app could not be started or measured; the message says why."""
+
+
+@dataclass
+class Case:
+    image: str
+    vocabulary: str
+
+
+@dataclass
+class AppRecord:
+    """One request. pipeline_s: the Segmenter's stages as this request ran them (a reused stage counts
+    zero), read from the results JSON the app returns; the rest of wall_s is upload, queue, rendering and
+    downloads."""
+
+    request: str  # one of REQUESTS
+    image: str
+    vocabulary: str
+    method: str
+    wall_s: float
+    pipeline_s: float
+    cached: list[str] = field(default_factory=list)
+    segments: int = 0
+
+
+EXTRA_CLASSES = ("background", "shadow", "floor", "light", "texture", "window", "road", "water", "plant", "metal")
+
+
+def class_names(vocabulary: str) -> set[str]:
+    return {n.strip().lower() for n in vocabulary.replace("\n", ",").split(",")}
+
+
+def changed_vocabulary(vocabulary: str, used: set[str]) -> str:
+    """The vocabulary with one class more, one not in `used` (the names this run sends; the new one is
+    added), so that the re-run encodes exactly one new name as a user's edit would: the app caches every
+    name it has encoded."""
+    extra = next((n for n in EXTRA_CLASSES if n not in class_names(vocabulary) | used), f"thing {len(used)}")
+    used.add(extra)
+    return f"{vocabulary}, {extra}"
+
+
+def pipeline_seconds(result: dict[str, Any]) -> float:
+    """Seconds the pipeline spent on one request: proposals and text encoding are shared by the methods
+    (each method's record repeats them), image encoding and classification are each method's own."""
+    timings = [m["timings"] for m in result["methods"].values()]
+    shared = max(t["proposals"] for t in timings) + max(t["text_encoding"] for t in timings)
+    return shared + sum(t["image_encoding"] + t["classification"] for t in timings)
+
+
+def load_cases(examples: str | Path) -> list[Case]:
+    """The app's clickable examples: image paths in the file are relative to the folder above its own
+    (``assets/examples.json`` names ``assets/chelsea.jpg``), as app.py reads them."""
+    path = Path(examples)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AppBenchError(f"cannot read the examples file {path}: {exc}") from None
+    return [Case(str(path.resolve().parent.parent / e["image"]), e["vocabulary"]) for e in entries]
+
+
+@dataclass
+class AppRun:
+    """What one measurement of an app found. status: the app's own status line after the warm-up (it names
+    the models and the server's device), or None if the app has none."""
+
+    url: str
+    status: str | None
+    records: list[AppRecord]
+
+
+def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool = True,
+            report=lambda record: None) -> AppRun:
+    """Time each case's two requests (after one warm-up request) against the app at `url`."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from .bench import synthetic_image
+
+    try:
+        client = Client(url, verbose=False)
+    except Exception as exc:  # connection refused, not a Gradio app, ...: one clear line
+        raise AppBenchError(f"cannot connect to a Gradio app at {url}: {exc}") from None
+
+    def request(kind: str, image: str, vocabulary: str) -> AppRecord:
+        start = time.perf_counter()
+        try:
+            out = client.predict(handle_file(image), vocabulary, method, api_name="/segment")
+        except AppError as exc:
+            raise AppBenchError(f"the app refused {Path(image).name} with {vocabulary!r}: {exc}") from None
+        wall = time.perf_counter() - start
+        files = out[4] or []
+        result_json = next((f for f in files if str(f).endswith(".json")), None)
+        if result_json is None:
+            raise AppBenchError(f"{url} returned no results JSON; is it this project's app?")
+        result = json.loads(Path(result_json).read_text())
+        first = next(iter(result["methods"].values()))
+        record = AppRecord(kind, Path(image).name, vocabulary, method, round(wall, 4),
+                           round(pipeline_seconds(result), 4), list(first["cached"]), len(first["segments"]))
+        report(record)
+        return record
+
+    records = []
+    used = class_names(WARM_UP_VOCABULARY).union(*(class_names(c.vocabulary) for c in cases))
+    if warm_up:
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "warm-up.png")
+            Image.fromarray(synthetic_image(512, seed=7)).save(path)
+            records.append(request("warm-up", path, WARM_UP_VOCABULARY))
+    try:
+        status = str(client.predict(api_name="/status"))
+    except Exception:  # another app, or an older one: the status is a nicety
+        status = None
+    for case in cases:
+        records.append(request("first", case.image, case.vocabulary))
+        records.append(request("vocabulary change", case.image, changed_vocabulary(case.vocabulary, used)))
+    return AppRun(url, status, records)
+
+
+def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, float | int]]:
+    """Per kind of request: how many, and the median, min and max of wall and pipeline seconds."""
+    out = {}
+    for kind in REQUESTS:
+        rows = [r for r in records if r.request == kind]
+        if rows:
+            wall, pipe = [r.wall_s for r in rows], [r.pipeline_s for r in rows]
+            out[kind] = {"n": len(rows), "wall_median_s": round(statistics.median(wall), 3),
+                         "wall_min_s": min(wall), "wall_max_s": max(wall),
+                         "pipeline_median_s": round(statistics.median(pipe), 3)}
+    return out
+
+
+def format_summary(summary: dict[str, dict[str, float | int]]) -> str:
+    lines = [f"{'request':<18} {'n':>2}  {'wall: median (min-max)':<26} pipeline median"]
+    for kind, s in summary.items():
+        spread = f"{s['wall_median_s']:.2f} s ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f})"
+        lines.append(f"{kind:<18} {s['n']:>2}  {spread:<26} {s['pipeline_median_s']:.2f} s")
+    return "\n".join(lines)
+
+
+# -- launching the app -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def launched(app: str | Path, app_args: Sequence[str] = (), timeout: float = 300.0) -> Iterator[str]:
+    """Run ``python app.py`` on a free local port as a user would; yield its URL once it serves, stop it
+    after. An app that exits first is reported with the end of its output."""
+    app = Path(app)
+    if not app.is_file():
+        raise AppBenchError(f"no app at {app}; run from the repository root or pass --app PATH (or --url)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, str(app), "--host", "127.0.0.1", "--port", str(port), *app_args]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        try:
+            _wait_until_serving(url, proc, timeout, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen, timeout: float, log) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-15:]
+            raise AppBenchError(f"the app exited with code {proc.returncode} before serving:\n" + "\n".join(tail))
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AppBenchError(f"the app did not serve {url} within {timeout:g} s")
+
+
+# -- command line ----------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    """This machine's facts: those of the server too when the app was launched here."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "gpu": gpu}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-app", help="time the web app's requests through its API (first run, cached re-run)",
+                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None, help="measure the app running here (e.g. a Space's URL) instead of "
+                                               "launching app.py")
+    p.add_argument("--app", default="app.py", help="the app to launch (default: app.py)")
+    p.add_argument("--app-args", default="", help='flags for the launched app, one string after "=": '
+                                                  '--app-args="--random-weights --device cuda"')
+    p.add_argument("--examples", default="assets/examples.json",
+                   help="images and vocabularies to send (default: the app's examples)")
+    p.add_argument("--images", nargs="+", default=None, help="send these images instead, with --classes")
+    p.add_argument("--classes", default=None, help="the vocabulary for --images")
+    p.add_argument("--method", default="both", choices=["one-pass", "crop", "both", "dense"])
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a launched app")
+    p.add_argument("--json", default=None, help="write the records and summary here")
+    p.set_defaults(func=cmd_bench_app)
+
+
+def cmd_bench_app(args: argparse.Namespace) -> int:
+    try:
+        if args.images:
+            if not args.classes:
+                raise AppBenchError("--images needs --classes (the vocabulary to send with them)")
+            cases = [Case(str(Path(i).resolve()), args.classes) for i in args.images]
+        else:
+            cases = load_cases(args.examples)
+        missing = [c.image for c in cases if not Path(c.image).is_file()]
+        if missing:
+            raise AppBenchError(f"image(s) not found: {', '.join(missing)}")
+
+        def report(r: AppRecord) -> None:
+            print(f"{r.request:<18} {r.image:<16} {r.wall_s:7.2f} s  (pipeline {r.pipeline_s:.2f} s"
+                  f"{', reused ' + ' and '.join(r.cached) if r.cached else ''})", flush=True)
+
+        app_args = shlex.split(args.app_args)
+        if args.url:
+            run = measure(args.url, cases, args.method, report=report)
+        else:
+            with launched(args.app, app_args, args.startup_timeout) as url:
+                run = measure(url, cases, args.method, report=report)
+    except AppBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarise(run.records)
+    if run.status:
+        print(f"app status: {run.status}")
+    print(format_summary(summary))
+    if args.json:
+        out = {"url": run.url, "launched": None if args.url else [args.app, *app_args], "method": args.method,
+               "status": run.status,
+               # with --url this is the client's machine, not the server's
+               ("client" if args.url else "machine"): machine(),
+               "summary": summary, "records": [asdict(r) for r in run.records]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0

@@ -1,0 +1,104 @@
+"""``python -m deop bench-app``: requests to a running app, timed through its API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import scene
+from deop import app_bench
+from deop.app_bench import AppBenchError, AppRecord, Case, changed_vocabulary, pipeline_seconds, summarise
+from deop.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_APP = "--random-weights --sam tiny --points-per-side 4 --max-side 256 --clip-size 224 --templates single"
+
+
+def test_pipeline_seconds_counts_shared_stages_once():
+    both = {"methods": {
+        "one-pass": {"timings": {"proposals": 2.0, "text_encoding": 0.5, "image_encoding": 0.25,
+                                 "classification": 0.125, "total": 2.875}},
+        "crop": {"timings": {"proposals": 2.0, "text_encoding": 0.5, "image_encoding": 4.0,
+                             "classification": 0.0625, "total": 6.5625}},
+    }}
+    assert pipeline_seconds(both) == 2.0 + 0.5 + 0.25 + 0.125 + 4.0 + 0.0625
+    one = {"methods": {"one-pass": both["methods"]["one-pass"]}}
+    assert pipeline_seconds(one) == 2.875
+
+
+def test_changed_vocabulary_adds_one_name_new_to_the_run():
+    used = {"sky", "background", "cat", "shadow", "dog"}  # every name the run sends, as measure() starts
+    first = changed_vocabulary("cat, shadow", used)
+    second = changed_vocabulary("dog", used)
+    assert first == "cat, shadow, floor" and second == "dog, light"
+    assert {"floor", "light"} <= used
+
+
+def test_summary_groups_requests_by_kind():
+    rows = [AppRecord("first", "a.jpg", "x", "both", w, w - 1) for w in (3.0, 5.0, 4.0)]
+    rows.append(AppRecord("vocabulary change", "a.jpg", "x, floor", "both", 1.5, 0.5, ["proposals"]))
+    summary = summarise(rows)
+    assert summary["first"] == {"n": 3, "wall_median_s": 4.0, "wall_min_s": 3.0, "wall_max_s": 5.0,
+                                "pipeline_median_s": 3.0}
+    assert summary["vocabulary change"]["n"] == 1 and "warm-up" not in summary
+
+
+def test_the_examples_file_resolves_like_the_app():
+    cases = app_bench.load_cases(ROOT / "assets" / "examples.json")
+    assert cases and all(Path(c.image).is_file() and c.vocabulary for c in cases)
+
+
+@pytest.mark.slow
+def test_measure_times_a_first_run_and_a_cached_rerun(app_url, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=31)).save(path)
+    seen = []
+    run = app_bench.measure(app_url, [Case(str(path), "sky, grass, ball")], report=seen.append)
+    assert run.records == seen and [r.request for r in run.records] == ["warm-up", "first", "vocabulary change"]
+    assert run.status and run.status.startswith("Ready") and "cpu" in run.status
+    _, first, again = run.records
+    assert first.image == again.image == "scene.png" and first.method == "both"
+    assert first.cached == [] and again.cached == ["proposals", "image_encoding"]
+    assert again.vocabulary == "sky, grass, ball, background"
+    assert 0 < first.pipeline_s < first.wall_s and 0 < again.pipeline_s < again.wall_s
+    assert first.segments == again.segments > 0
+
+
+@pytest.mark.slow
+def test_command_launches_the_app_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=32)).save(path)
+    out = tmp_path / "out" / "app.json"
+    code = main(["bench-app", f"--app-args={TINY_APP}", "--images", str(path), "--classes", "sky, grass",
+                 "--method", "one-pass", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "vocabulary change" in printed and "app status: Ready" in printed
+    data = json.loads(out.read_text())
+    assert data["launched"][0] == "app.py" and "--random-weights" in data["launched"]
+    assert data["method"] == "one-pass" and "SAM tiny" in data["status"]
+    assert [r["request"] for r in data["records"]] == ["warm-up", "first", "vocabulary change"]
+    assert data["summary"]["first"]["n"] == 1 and data["machine"]["cpus"]
+
+
+@pytest.mark.slow
+def test_an_app_that_fails_to_start_is_reported_with_its_output(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = main(["bench-app", "--app-args=--sam nonsense", "--images", "assets/shapes.png", "--classes", "ball"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exited with code 2 before serving" in err and "invalid choice: 'nonsense'" in err
+
+
+def test_bad_arguments_are_one_line_errors(capsys, tmp_path):
+    assert main(["bench-app", "--images", "assets/shapes.png"]) == 2
+    assert "--images needs --classes" in capsys.readouterr().err
+    assert main(["bench-app", "--images", str(tmp_path / "missing.png"), "--classes", "x"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["bench-app", "--app", str(tmp_path / "none.py"), "--examples",
+                 str(ROOT / "assets" / "examples.json")]) == 2
+    assert "no app at" in capsys.readouterr().err
+    with pytest.raises(AppBenchError, match="cannot connect"):
+        app_bench.measure("http://127.0.0.1:9/", [])
