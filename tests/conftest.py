@@ -6,7 +6,6 @@ config keeps the automatic mask generator to well under a second per image on tw
 
 from __future__ import annotations
 
-import socket
 from contextlib import contextmanager
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from deop import ProposalConfig, Segmenter, SegmenterConfig, SegmentOptions
+from deop.app_bench import free_port
 
 torch.manual_seed(0)
 
@@ -60,12 +60,6 @@ def scene_image() -> np.ndarray:
     return scene()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def app_url(segmenter):
     from app import build_app
@@ -79,7 +73,7 @@ def serve(demo):
     """Launch a built app as ``python app.py`` does (same allowed paths) on a free port; close it after."""
     from app import launch
 
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
