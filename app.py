@@ -210,9 +210,19 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     return demo
 
 
+# The latency table on a phone: no word broken inside ("classificati/on", "baselin/e"), stages on one line,
+# numbers right-aligned (Gradio's styles override the markdown table's own alignment), cells a little tighter.
+CSS = """
+#latency th, #latency td { overflow-wrap: normal; word-break: normal; }
+#latency td:first-child, #latency th:first-child { white-space: nowrap; }
+#latency td:not(:first-child), #latency th:not(:first-child) { text-align: right; }
+@media (max-width: 480px) { #latency th, #latency td { padding: 6px 8px; } }
+"""
+
+
 def launch(demo: gr.Blocks, **kwargs):
     """Serve the app; besides its own outputs, Gradio may read files only from ``assets/`` (the examples)."""
-    return demo.launch(allowed_paths=[str(ROOT / "assets")], **kwargs)
+    return demo.launch(allowed_paths=[str(ROOT / "assets")], css=CSS, **kwargs)
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def latency_markdown(result: SegmentationResult) -> str:
     """A per-stage table of seconds for each method, the speed-ups, and whether the cache was used."""
     names = list(result.methods)
     head = "| stage | " + " | ".join(METHOD_TITLES.get(n, n) for n in names) + " |"
-    rows = [head, "|---" * (len(names) + 1) + "|"]
+    rows = [head, "|---" + "|---:" * len(names) + "|"]  # seconds right-aligned, so they line up
     for stage in STAGES:
         cells = [f"{result.methods[n].first_run_timings.get(stage, result.methods[n].timings[stage]):.3f} s"
                  for n in names]

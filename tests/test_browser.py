@@ -52,6 +52,11 @@ def test_upload_type_segment_and_see_both_methods(browser, page_url, tmp_path, v
     page.wait_for_selector("#latency :text('Crop baseline')", timeout=120_000)
     latency = page.inner_text("#latency")
     assert "One pass (DeOP)" in latency and "Crop baseline" in latency and "total" in latency
+    # every stage on one line (a phone once showed "classificati/on"), and the table within the page
+    heights = page.eval_on_selector_all("#latency tbody tr", "rows => rows.map(r => r.getBoundingClientRect().height)")
+    assert len(heights) == 5 and max(heights) - min(heights) < 1, heights
+    right = page.eval_on_selector("#latency table", "t => t.getBoundingClientRect().right")
+    assert right <= viewport[0]
     page.wait_for_timeout(500)
     body = page.inner_text("body")
     assert any(c in body for c in ("sky", "grass", "ball"))
