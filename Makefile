@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench bench-app install clean
 
-$(STAMP): requirements.txt requirements-sam2.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-sam2.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements-dev.txt
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -r requirements-sam2.txt
 	touch $(STAMP)
 
