@@ -8,7 +8,7 @@ and features, so only the new name is encoded): the two latencies the README pro
 a synthetic image goes before them and is reported apart, since it also waits for the models to load.
 
 It launches ``app.py`` itself on a free local port with the flags given (``--app-args``), or measures an
-app already running anywhere, a Hugging Face Space included (``--url``).
+app already running anywhere, a Hugging Face Space included (``--url``: a URL or a Space's id).
 """
 
 from __future__ import annotations
@@ -236,9 +236,10 @@ def machine() -> dict[str, Any]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-app", help="time the web app's requests through its API (first run, cached re-run)",
-                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=None, help="measure the app running here (e.g. a Space's URL) instead of "
-                                               "launching app.py")
+                       description=__doc__.split("\n\n")[1].replace("``", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None, help="measure the app running here instead of launching app.py: a URL, "
+                                               "or a Hugging Face Space's id (user/space)")
     p.add_argument("--app", default="app.py", help="the app to launch (default: app.py)")
     p.add_argument("--app-args", default="", help='flags for the launched app, one string after "=": '
                                                   '--app-args="--random-weights --device cuda"')
