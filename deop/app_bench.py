@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,9 +105,17 @@ class AppRun:
     status: str | None
     records: list[AppRecord]
 
+    @property
+    def warnings(self) -> list[str]:
+        """A "first" request the app answered from its cache (it had seen the image before, e.g. a
+        long-running Space measured twice) is no first run: said, not silently averaged in."""
+        return [f"{r.image}: the app reused {' and '.join(r.cached)} on the first request (it had seen this "
+                "image before), so its 'first' time is not a first run; restart the app or send other images"
+                for r in self.records if r.request == "first" and r.cached]
+
 
 def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool = True,
-            report=lambda record: None) -> AppRun:
+            report: Callable[[AppRecord], None] = lambda record: None) -> AppRun:
     """Time each case's two requests (after one warm-up request) against the app at `url`."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -282,9 +290,11 @@ def cmd_bench_app(args: argparse.Namespace) -> int:
     if run.status:
         print(f"app status: {run.status}")
     print(format_summary(summary))
+    for warning in run.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         out = {"url": run.url, "launched": None if args.url else [args.app, *app_args], "method": args.method,
-               "status": run.status,
+               "status": run.status, "warnings": run.warnings,
                # with --url this is the client's machine, not the server's
                ("client" if args.url else "machine"): machine(),
                "summary": summary, "records": [asdict(r) for r in run.records]}

@@ -64,7 +64,11 @@ def test_measure_times_a_first_run_and_a_cached_rerun(app_url, tmp_path):
     assert first.cached == [] and again.cached == ["proposals", "image_encoding"]
     assert again.vocabulary == "sky, grass, ball, background"
     assert 0 < first.pipeline_s < first.wall_s and 0 < again.pipeline_s < again.wall_s
-    assert first.segments == again.segments > 0
+    assert first.segments == again.segments > 0 and run.warnings == []
+    # measured again, the app answers the "first" request from its cache: said, not averaged in silently
+    rerun = app_bench.measure(app_url, [Case(str(path), "sky, grass, ball")], warm_up=False)
+    assert rerun.records[0].cached == ["proposals", "image_encoding"]
+    assert len(rerun.warnings) == 1 and "scene.png" in rerun.warnings[0] and "not a first run" in rerun.warnings[0]
 
 
 @pytest.mark.slow
