@@ -1,4 +1,4 @@
-"""Shared fixtures: random-weight models built once per session, on the CPU, small settings.
+"""Shared fixtures: random-weight models built once per session, on the CPU (or DEOP_TEST_DEVICE), small settings.
 
 Random weights give meaningless labels but real shapes, timings and exact equalities; the tiny SAM
 config keeps the automatic mask generator to well under a second per image on two cores.
@@ -6,6 +6,7 @@ config keeps the automatic mask generator to well under a second per image on tw
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,7 +22,10 @@ torch.manual_seed(0)
 SMALL_PROPOSALS = ProposalConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                  min_mask_region_area=0, max_masks=50)
 SMALL_OPTIONS = SegmentOptions(max_side=256, clip_size=224, proposals=SMALL_PROPOSALS)
-SMALL_CONFIG = SegmenterConfig(device="cpu", random_weights=True, sam_kind="tiny", options=SMALL_OPTIONS)
+# The shared models' device: the CPU (CI has no GPU); on a GPU machine DEOP_TEST_DEVICE=cuda runs every test
+# that uses them with the models on the GPU.
+DEVICE = os.environ.get("DEOP_TEST_DEVICE", "cpu")
+SMALL_CONFIG = SegmenterConfig(device=DEVICE, random_weights=True, sam_kind="tiny", options=SMALL_OPTIONS)
 
 
 @pytest.fixture(scope="session")

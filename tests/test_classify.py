@@ -27,7 +27,7 @@ def test_crop_baseline_on_whole_image_equals_encode_image(clip):
     props = resolve_overlaps([np.ones((224, 224), bool)])
     ours = encode_crops(clip, image, props, margin=0.1)
     _, _, preprocess = open_clip.create_model_and_transforms(clip.name, pretrained=None)
-    pixels = preprocess(Image.fromarray(image))[None]
+    pixels = preprocess(Image.fromarray(image))[None].to(clip.device)
     with torch.inference_mode():
         expected = torch.nn.functional.normalize(clip.model.encode_image(pixels), dim=-1)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)

@@ -13,9 +13,14 @@ def model(clip):
     return clip.model
 
 
+def randn(model, *shape: int) -> torch.Tensor:
+    """Random input on the model's device (the CPU here; a GPU with DEOP_TEST_DEVICE=cuda)."""
+    return torch.randn(*shape, device=next(model.parameters()).device)
+
+
 def test_plain_variant_reproduces_encode_image(model):
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 224, 224)
+    x = randn(model, 2, 3, 224, 224)
     with torch.inference_mode():
         expected = model.encode_image(x)
         patches, cls = encode_dense(model, x, "none", return_cls=True)
@@ -39,7 +44,7 @@ def test_position_resize_keeps_class_slot_and_changes_grid(model):
 def test_severed_block_keeps_each_token_to_itself(model, variant):
     """Perturbing one input token of the severed block changes only that token's output."""
     torch.manual_seed(2)
-    x = torch.randn(1, 50, model.visual.transformer.width)
+    x = randn(model, 1, 50, model.visual.transformer.width)
     block_only = _last_block_transformer(model)
     with torch.inference_mode():
         out = _run_blocks(block_only, x, SEVERANCE_VARIANTS[variant], n_severed=1)
@@ -55,7 +60,7 @@ def test_severed_block_keeps_each_token_to_itself(model, variant):
 def test_plain_block_mixes_tokens(model):
     """Control for the test above: without severance a perturbation spreads to every token."""
     torch.manual_seed(2)
-    x = torch.randn(1, 50, model.visual.transformer.width)
+    x = randn(model, 1, 50, model.visual.transformer.width)
     block_only = _last_block_transformer(model)
     with torch.inference_mode():
         out = _run_blocks(block_only, x, SEVERANCE_VARIANTS["none"], n_severed=1)
@@ -69,7 +74,7 @@ def test_deop_block_formula(model):
     """The severed block is exactly 0.2 * x + out_proj(v(ln_1 x)), then the kept FFN."""
     block = model.visual.transformer.resblocks[-1]
     torch.manual_seed(3)
-    x = torch.randn(1, 10, model.visual.transformer.width)
+    x = randn(model, 1, 10, model.visual.transformer.width)
     attn = block.attn
     with torch.inference_mode():
         v = torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)[2]
@@ -81,7 +86,7 @@ def test_deop_block_formula(model):
 
 @pytest.mark.parametrize("variant", list(SEVERANCE_VARIANTS))
 def test_every_variant_at_high_resolution(model, variant):
-    x = torch.randn(1, 3, 320, 448)
+    x = randn(model, 1, 3, 320, 448)
     with torch.inference_mode():
         out = encode_dense(model, x, variant)
     assert out.shape == (1, model.visual.output_dim, 20, 28)
@@ -89,7 +94,7 @@ def test_every_variant_at_high_resolution(model, variant):
 
 
 def test_more_severed_blocks_change_the_output(model):
-    x = torch.randn(1, 3, 224, 224)
+    x = randn(model, 1, 3, 224, 224)
     with torch.inference_mode():
         one = encode_dense(model, x, "deop", n_severed=1)
         three = encode_dense(model, x, "deop", n_severed=3)
@@ -98,17 +103,17 @@ def test_more_severed_blocks_change_the_output(model):
 
 def test_bad_inputs_are_clear_errors(model):
     with pytest.raises(ValueError, match="multiples of the patch size"):
-        encode_dense(model, torch.randn(1, 3, 225, 224))
+        encode_dense(model, randn(model, 1, 3, 225, 224))
     with pytest.raises(ValueError, match="unknown severance variant"):
-        encode_dense(model, torch.randn(1, 3, 224, 224), "nope")
+        encode_dense(model, randn(model, 1, 3, 224, 224), "nope")
     with pytest.raises(ValueError, match="n_severed"):
-        encode_dense(model, torch.randn(1, 3, 224, 224), n_severed=0)
+        encode_dense(model, randn(model, 1, 3, 224, 224), n_severed=0)
 
 
 def test_custom_spec_is_accepted(model):
     spec = Severance("kk", 0.5, True)
     with torch.inference_mode():
-        out = encode_dense(model, torch.randn(1, 3, 224, 224), spec)
+        out = encode_dense(model, randn(model, 1, 3, 224, 224), spec)
     assert out.shape[-2:] == (14, 14)
 
 
