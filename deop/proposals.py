@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from .config import ProposalConfig
@@ -45,12 +46,28 @@ class Proposals:
         return self.segment_map == index
 
 
+class Float32Coords(ResizeLongestSide):
+    """SAM's resize transform with float32 point coordinates.
+
+    SAM's automatic generator sends its float64 point grid to the model's device as it is, and Apple's
+    MPS has no float64, so on a Mac every request failed ("Cannot convert a MPS Tensor to float64
+    dtype", segment-anything issue #94, open). The prompt encoder casts the points to float32 anyway;
+    only the ``+ 0.5`` and the scaling before that cast change rounding, so it is used on MPS alone and
+    the masks elsewhere stay exactly the stock generator's."""
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        return super().apply_coords(coords, original_size).astype(np.float32)
+
+
 class _CheckedGenerator(DeadlineBatches, SamAutomaticMaskGenerator):
-    """SAM's own generator, checking a deadline before each batch of point prompts (outputs unchanged)."""
+    """SAM's own generator, checking a deadline before each batch of point prompts (outputs unchanged),
+    with float32 points on MPS (see ``Float32Coords``)."""
 
     def __init__(self, *args, deadline: Deadline | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline or Deadline(None)
+        if self.predictor.device.type == "mps":
+            self.predictor.transform = Float32Coords(self.predictor.transform.target_length)
 
 
 def sam_generator(sam: nn.Module, config: ProposalConfig, deadline: Deadline | None = None):

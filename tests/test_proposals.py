@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from segment_anything import SamAutomaticMaskGenerator
+import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from conftest import SMALL_PROPOSALS, scene
 from deop.config import ProposalConfig
-from deop.proposals import generate_proposals, resolve_overlaps, sam_generator, segment_boxes
+from deop.proposals import Float32Coords, generate_proposals, resolve_overlaps, sam_generator, segment_boxes
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,41 @@ def test_generator_equals_stock_sam(tiny_sam, stock_masks):
     for a, b in zip(ours, stock):
         np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
         assert a["predicted_iou"] == b["predicted_iou"]
+
+
+def _point_dtypes(generator) -> list[torch.dtype]:
+    """Record the dtype of the points each batch sends to the model."""
+    seen, predict = [], generator.predictor.predict_torch
+
+    def spy(point_coords, *args, **kwargs):
+        seen.append(point_coords.dtype)
+        return predict(point_coords, *args, **kwargs)
+
+    generator.predictor.predict_torch = spy
+    return seen
+
+
+def test_on_mps_the_points_go_to_sam_as_float32(tiny_sam, stock_masks, monkeypatch):
+    """MPS has no float64 and SAM's stock generator sends float64 points (segment-anything #94). No Mac
+    here: the choice is checked with the device reported as MPS, and the float32 path runs on the CPU,
+    where it must give the stock generator's masks."""
+    monkeypatch.setattr(SamPredictor, "device", property(lambda self: torch.device("mps")))
+    assert isinstance(sam_generator(tiny_sam, SMALL_PROPOSALS).predictor.transform, Float32Coords)
+    monkeypatch.undo()
+    image, stock = stock_masks
+    plain = sam_generator(tiny_sam, SMALL_PROPOSALS)
+    assert type(plain.predictor.transform) is ResizeLongestSide  # elsewhere: untouched, exact stock masks
+    plain_dtypes = _point_dtypes(plain)
+    plain.generate(image)
+    assert set(plain_dtypes) == {torch.float64}  # what MPS refuses
+    forced = sam_generator(tiny_sam, SMALL_PROPOSALS)
+    forced.predictor.transform = Float32Coords(forced.predictor.transform.target_length)
+    dtypes = _point_dtypes(forced)
+    ours = forced.generate(image)
+    assert dtypes and set(dtypes) == {torch.float32}
+    assert len(ours) == len(stock)
+    for a, b in zip(ours, stock):  # float32 rounding may at most move a pixel on a mask's edge
+        assert (a["segmentation"] != b["segmentation"]).mean() < 1e-3
 
 
 def test_resolved_proposals_are_disjoint_and_cover_the_union(tiny_sam, stock_masks):
