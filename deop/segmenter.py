@@ -29,7 +29,15 @@ Progress = Callable[[float, str], None]
 
 
 class DeviceOutOfMemory(RuntimeError):
-    """The accelerator ran out of memory; the caches were emptied so that the next request can run."""
+    """The device ran out of memory; the caches were emptied so that the next request can run."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises ``OutOfMemoryError``; Apple's MPS and the CPU allocator raise a plain RuntimeError
+    ("MPS backend out of memory", "DefaultCPUAllocator: can't allocate memory")."""
+    message = str(exc)
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))
 
 
 @dataclass
@@ -146,18 +154,23 @@ class Segmenter:
         side by side) or "dense" (per-pixel classification from the dense map, no SAM). Any
         ``SegmentOptions`` field, or a ``ProposalConfig`` field, may be given as a keyword override.
         timeout: seconds after which the request stops between two steps with ``SegmentTimeout``.
-        A GPU out-of-memory error empties the caches and becomes ``DeviceOutOfMemory``: the next request
-        runs normally.
+        Running out of memory (GPU or CPU) empties the caches and becomes ``DeviceOutOfMemory``: the next
+        request runs normally.
         """
         try:
             return self._segment(image, vocabulary, method, options, progress, Deadline(timeout), overrides)
-        except torch.cuda.OutOfMemoryError as exc:
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
             self.clear_cache()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if self.device.type == "mps":
+                torch.mps.empty_cache()
+            where = "the GPU" if self.device.type != "cpu" else "this machine"
             raise DeviceOutOfMemory(
-                "the GPU ran out of memory on this image; try a smaller max side or CLIP size, fewer masks, "
-                "or --device cpu") from exc
+                f"{where} ran out of memory on this image; try a smaller max side or CLIP size, fewer masks"
+                + (", or --device cpu" if self.device.type != "cpu" else "")) from exc
 
     def _segment(self, image: Any, vocabulary: str | Vocabulary, method: str, options: SegmentOptions | None,
                  progress: Progress | None, deadline: Deadline, overrides: dict[str, Any]) -> SegmentationResult:

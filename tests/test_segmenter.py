@@ -142,19 +142,37 @@ def test_time_limit_stops_the_request_and_the_next_one_runs(segmenter):
     assert result.methods["crop"].segments
 
 
-def test_gpu_out_of_memory_becomes_a_clear_error_and_the_next_request_runs(segmenter, monkeypatch):
+@pytest.mark.parametrize("error,seed", [  # a new image each: the retry caches its features
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 22),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 8.9 GB, other allocations: 1.2 GB)"), 24),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 4294967296 bytes"), 25),
+], ids=["cuda", "mps", "cpu"])
+def test_out_of_memory_becomes_a_clear_error_and_the_next_request_runs(segmenter, monkeypatch, error, seed):
     from deop.segmenter import DeviceOutOfMemory
 
     original = segmenter_module.dense_features
 
     def oom(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     monkeypatch.setattr(segmenter_module, "dense_features", oom)
-    with pytest.raises(DeviceOutOfMemory, match="ran out of memory"):
-        segmenter.segment(scene(seed=22), "sky", method="one-pass")
+    with pytest.raises(DeviceOutOfMemory, match="ran out of memory on this image") as info:
+        segmenter.segment(scene(seed=seed), "sky", method="one-pass")
+    on_cpu = segmenter.device.type == "cpu"
+    assert str(info.value).startswith("this machine" if on_cpu else "the GPU")
+    assert ("--device cpu" in str(info.value)) is not on_cpu  # no advice to move to where it already is
     monkeypatch.setattr(segmenter_module, "dense_features", original)
-    assert segmenter.segment(scene(seed=22), "sky", method="one-pass").methods["one-pass"].label_map.size
+    assert segmenter.segment(scene(seed=seed), "sky", method="one-pass").methods["one-pass"].label_map.size
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(segmenter, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(segmenter_module, "dense_features", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        segmenter.segment(scene(seed=23), "sky", method="one-pass")
 
 
 def test_names_longer_than_clips_context_are_truncated_with_a_warning(segmenter):
