@@ -32,7 +32,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam", default=d.sam_kind, choices=list(SAM_KINDS),
                    help="proposal model: SAM vit_b/l/h, or SAM 2.1 sam2.1_hiera_t/s/b+/l (optional sam2 package)")
     p.add_argument("--checkpoint-dir", default=None, help="where SAM checkpoints live (default: checkpoints/)")
-    p.add_argument("--half", action="store_true", help="float16 CLIP on a GPU")
+    p.add_argument("--half", action="store_true", help="float16 CLIP on a GPU (CUDA or MPS)")
 
 
 def add_option_arguments(p: argparse.ArgumentParser) -> None:

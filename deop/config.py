@@ -146,7 +146,7 @@ class SegmenterConfig:
     sam_kind: the proposal model: SAM "vit_b", "vit_l" or "vit_h", or SAM 2.1 "sam2.1_hiera_t", "_s", "_b+"
         or "_l" (``deop.models.SAM_KINDS``; SAM 2.1 needs the optional sam2 package).
     random_weights: build both models randomly initialised: real shapes and timings, meaningless labels.
-    half: run CLIP in float16 on a GPU (ignored on the CPU).
+    half: run CLIP in float16 on a GPU, CUDA or MPS (ignored on the CPU, where float16 is slow).
     checkpoint_dir: where SAM checkpoints live (default: ``checkpoints/`` beside the package).
     download: fetch missing weights; when False a missing file is an error.
     cache_size: how many images' proposals and features are kept for re-queries.

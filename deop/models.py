@@ -111,7 +111,7 @@ def build_clip(name: str, pretrained: str | None, device: torch.device, half: bo
                 raise
             raise clip_weights_error(name, pretrained, exc) from exc
     model.eval().requires_grad_(False)
-    if half and device.type == "cuda":
+    if half and device.type in ("cuda", "mps"):  # float16 is slow on a CPU: ignored there
         model.half()
     visual = model.visual
     size = visual.image_size

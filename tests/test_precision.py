@@ -1,6 +1,6 @@
 """``--half``: CLIP in float16, as on a GPU.
 
-``build_clip`` only halves the model on CUDA (float16 is slow on a CPU) and no GPU is lent to this
+``build_clip`` only halves the model on a GPU (float16 is slow on a CPU) and no GPU is lent to this
 project's tests, so the float16 path would otherwise never run before a user's GPU ran it. Here the same
 float16 model runs on the CPU, where PyTorch has the kernels: every dtype conversion between the model and
 the float32 rest of the pipeline (image, crops, text, pooling, scores, heatmaps) is exercised, and the
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def results(segmenter):
     """(float32, float16) results of the same image, vocabulary, weights and proposals."""
     full = segmenter.clip
-    half = replace(full, model=copy.deepcopy(full.model).half())  # what build_clip(half=True) makes on CUDA
+    half = replace(full, model=copy.deepcopy(full.model).half())  # what build_clip(half=True) makes on a GPU
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(deop.models, "build_clip", lambda *args: half)
         mp.setattr(deop.models, "build_sam", segmenter.models.sam)  # the session's SAM: same proposals
@@ -68,3 +68,8 @@ def test_float16_matches_float32_to_its_precision(results):
             for cls in pa.keys() & pb.keys():
                 assert pb[cls] == pytest.approx(pa[cls], abs=1e-2)
 
+
+
+def test_half_is_ignored_on_the_cpu():
+    clip = deop.models.build_clip("ViT-B-16-quickgelu", None, torch.device("cpu"), half=True)
+    assert clip.dtype == torch.float32
