@@ -7,15 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from deop.bench import (
-    Bench,
-    evaluate_targets,
-    format_table,
-    synthetic_proposals,
-    targets_record,
-    write_json,
-    write_plot,
-)
+from deop.bench import Bench, synthetic_proposals
+from deop.bench_report import evaluate_targets, format_table, targets_record, write_json, write_plot
 
 REQUIRED = {"kind", "method", "n_masks", "image_size", "seconds_median", "seconds_min", "seconds_max", "device",
             "torch_threads", "clip_model", "sam_model", "peak_rss_mb"}
