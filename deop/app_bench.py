@@ -35,6 +35,14 @@ REQUESTS = ("warm-up", "first", "vocabulary change")
 WARM_UP_VOCABULARY = "sky, ground"
 
 
+def many_masks(n: int) -> dict[str, float | int]:
+    """The app's SAM options for about `n` segments per image whatever SAM's weights: quality thresholds
+    at zero, NMS off, at most `n` masks. A randomly initialised SAM keeps about one mask per image at the
+    default thresholds, which makes the crop baseline (one CLIP pass per mask) nearly free; real weights
+    give tens of masks. Proposal cost barely changes (the same point prompts are decoded)."""
+    return {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "max_masks": n}
+
+
 class AppBenchError(RuntimeError):
     """The app could not be started or measured; the message says why."""
 
@@ -115,8 +123,10 @@ class AppRun:
 
 
 def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool = True,
-            report: Callable[[AppRecord], None] = lambda record: None) -> AppRun:
-    """Time each case's two requests (after one warm-up request) against the app at `url`."""
+            report: Callable[[AppRecord], None] = lambda record: None,
+            options: dict[str, Any] | None = None) -> AppRun:
+    """Time each case's two requests (after one warm-up request) against the app at `url`; `options` are
+    more of the app's inputs by name (e.g. ``many_masks(30)``)."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -130,7 +140,7 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     def request(kind: str, image: str, vocabulary: str) -> AppRecord:
         start = time.perf_counter()
         try:
-            out = client.predict(handle_file(image), vocabulary, method, api_name="/segment")
+            out = client.predict(handle_file(image), vocabulary, method, api_name="/segment", **(options or {}))
         except AppError as exc:
             raise AppBenchError(f"the app refused {Path(image).name} with {vocabulary!r}: {exc}") from None
         wall = time.perf_counter() - start
@@ -256,6 +266,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", nargs="+", default=None, help="send these images instead, with --classes")
     p.add_argument("--classes", default=None, help="the vocabulary for --images")
     p.add_argument("--method", default="both", choices=["one-pass", "crop", "both", "dense"])
+    p.add_argument("--masks", type=int, default=None, metavar="N",
+                   help="ask for about N segments per image (SAM thresholds 0, NMS off, at most N masks): with "
+                        "random weights SAM keeps about one, and real weights give tens")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a launched app")
     p.add_argument("--json", default=None, help="write the records and summary here")
     p.set_defaults(func=cmd_bench_app)
@@ -274,15 +287,16 @@ def cmd_bench_app(args: argparse.Namespace) -> int:
             raise AppBenchError(f"image(s) not found: {', '.join(missing)}")
 
         def report(r: AppRecord) -> None:
-            print(f"{r.request:<18} {r.image:<16} {r.wall_s:7.2f} s  (pipeline {r.pipeline_s:.2f} s"
-                  f"{', reused ' + ' and '.join(r.cached) if r.cached else ''})", flush=True)
+            print(f"{r.request:<18} {r.image:<16} {r.wall_s:7.2f} s  (pipeline {r.pipeline_s:.2f} s, "
+                  f"{r.segments} segments{', reused ' + ' and '.join(r.cached) if r.cached else ''})", flush=True)
 
         app_args = shlex.split(args.app_args)
+        options = many_masks(args.masks) if args.masks else None
         if args.url:
-            run = measure(args.url, cases, args.method, report=report)
+            run = measure(args.url, cases, args.method, report=report, options=options)
         else:
             with launched(args.app, app_args, args.startup_timeout) as url:
-                run = measure(url, cases, args.method, report=report)
+                run = measure(url, cases, args.method, report=report, options=options)
     except AppBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -294,6 +308,7 @@ def cmd_bench_app(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         out = {"url": run.url, "launched": None if args.url else [args.app, *app_args], "method": args.method,
+               "options": options,
                "status": run.status, "warnings": run.warnings,
                # with --url this is the client's machine, not the server's
                ("client" if args.url else "machine"): machine(),

@@ -72,6 +72,19 @@ def test_measure_times_a_first_run_and_a_cached_rerun(app_url, tmp_path):
 
 
 @pytest.mark.slow
+def test_many_masks_gives_the_crop_baseline_realistic_work(app_url, tmp_path):
+    """A random SAM keeps few masks at the default thresholds; many_masks asks the app for up to N."""
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=33)).save(path)
+    plain = app_bench.measure(app_url, [Case(str(path), "sky, grass")], warm_up=False).records[0]
+    path2 = tmp_path / "scene2.png"
+    Image.fromarray(scene(seed=34)).save(path2)
+    many = app_bench.measure(app_url, [Case(str(path2), "sky, grass")], warm_up=False,
+                             options=app_bench.many_masks(8)).records[0]
+    assert plain.segments < many.segments <= 8
+
+
+@pytest.mark.slow
 def test_command_launches_the_app_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     path = tmp_path / "scene.png"
