@@ -67,6 +67,7 @@ class AppRecord:
     pipeline_s: float
     cached: list[str] = field(default_factory=list)
     segments: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # see stage_seconds
 
 
 EXTRA_CLASSES = ("background", "shadow", "floor", "light", "texture", "window", "road", "water", "plant", "metal")
@@ -85,12 +86,20 @@ def changed_vocabulary(vocabulary: str, used: set[str]) -> str:
     return f"{vocabulary}, {extra}"
 
 
+def stage_seconds(result: dict[str, Any]) -> dict[str, float]:
+    """Seconds per stage of one request, from the app's results JSON: proposals and text encoding are
+    shared by the methods (each method's record repeats them); each method's own cost is its image
+    encoding (the one pass, or the crops) plus classification."""
+    timings = {name: m["timings"] for name, m in result["methods"].items()}
+    stages = {"proposals": max(t["proposals"] for t in timings.values()),
+              "text_encoding": max(t["text_encoding"] for t in timings.values())}
+    stages.update({name: t["image_encoding"] + t["classification"] for name, t in timings.items()})
+    return {k: round(v, 4) for k, v in stages.items()}
+
+
 def pipeline_seconds(result: dict[str, Any]) -> float:
-    """Seconds the pipeline spent on one request: proposals and text encoding are shared by the methods
-    (each method's record repeats them), image encoding and classification are each method's own."""
-    timings = [m["timings"] for m in result["methods"].values()]
-    shared = max(t["proposals"] for t in timings) + max(t["text_encoding"] for t in timings)
-    return shared + sum(t["image_encoding"] + t["classification"] for t in timings)
+    """Seconds the pipeline spent on one request: every stage once."""
+    return sum(stage_seconds(result).values())
 
 
 def load_cases(examples: str | Path) -> list[Case]:
@@ -151,7 +160,8 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
         result = json.loads(Path(result_json).read_text())
         first = next(iter(result["methods"].values()))
         record = AppRecord(kind, Path(image).name, vocabulary, method, round(wall, 4),
-                           round(pipeline_seconds(result), 4), list(first["cached"]), len(first["segments"]))
+                           round(pipeline_seconds(result), 4), list(first["cached"]), len(first["segments"]),
+                           stage_seconds(result))
         report(record)
         return record
 
@@ -174,24 +184,29 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     return AppRun(url, status, records)
 
 
-def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, float | int]]:
-    """Per kind of request: how many, and the median, min and max of wall and pipeline seconds."""
+def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
+    """Per kind of request: how many; the median, min and max of wall seconds; the median of pipeline
+    seconds and of each stage's, and of the segment count."""
     out = {}
     for kind in REQUESTS:
         rows = [r for r in records if r.request == kind]
         if rows:
             wall, pipe = [r.wall_s for r in rows], [r.pipeline_s for r in rows]
+            stages = {k: round(statistics.median(r.stages.get(k, 0.0) for r in rows), 3)
+                      for k in dict.fromkeys(k for r in rows for k in r.stages)}
             out[kind] = {"n": len(rows), "wall_median_s": round(statistics.median(wall), 3),
                          "wall_min_s": min(wall), "wall_max_s": max(wall),
-                         "pipeline_median_s": round(statistics.median(pipe), 3)}
+                         "pipeline_median_s": round(statistics.median(pipe), 3), "stage_median_s": stages,
+                         "segments_median": statistics.median(r.segments for r in rows)}
     return out
 
 
-def format_summary(summary: dict[str, dict[str, float | int]]) -> str:
-    lines = [f"{'request':<18} {'n':>2}  {'wall: median (min-max)':<26} pipeline median"]
+def format_summary(summary: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'request':<18} {'n':>2}  {'wall: median (min-max)':<26} {'pipeline':<9} stages (median)"]
     for kind, s in summary.items():
         spread = f"{s['wall_median_s']:.2f} s ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f})"
-        lines.append(f"{kind:<18} {s['n']:>2}  {spread:<26} {s['pipeline_median_s']:.2f} s")
+        stages = ", ".join(f"{k.replace('_encoding', '')} {v:.2f}" for k, v in s["stage_median_s"].items())
+        lines.append(f"{kind:<18} {s['n']:>2}  {spread:<26} {s['pipeline_median_s']:<7.2f} s {stages}")
     return "\n".join(lines)
 
 

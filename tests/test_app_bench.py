@@ -10,7 +10,16 @@ from PIL import Image
 
 from conftest import scene
 from deop import app_bench
-from deop.app_bench import AppBenchError, AppRecord, Case, changed_vocabulary, pipeline_seconds, summarise
+from deop.app_bench import (
+    AppBenchError,
+    AppRecord,
+    Case,
+    changed_vocabulary,
+    format_summary,
+    pipeline_seconds,
+    stage_seconds,
+    summarise,
+)
 from deop.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +33,7 @@ def test_pipeline_seconds_counts_shared_stages_once():
         "crop": {"timings": {"proposals": 2.0, "text_encoding": 0.5, "image_encoding": 4.0,
                              "classification": 0.0625, "total": 6.5625}},
     }}
+    assert stage_seconds(both) == {"proposals": 2.0, "text_encoding": 0.5, "one-pass": 0.375, "crop": 4.0625}
     assert pipeline_seconds(both) == 2.0 + 0.5 + 0.25 + 0.125 + 4.0 + 0.0625
     one = {"methods": {"one-pass": both["methods"]["one-pass"]}}
     assert pipeline_seconds(one) == 2.875
@@ -38,12 +48,17 @@ def test_changed_vocabulary_adds_one_name_new_to_the_run():
 
 
 def test_summary_groups_requests_by_kind():
-    rows = [AppRecord("first", "a.jpg", "x", "both", w, w - 1) for w in (3.0, 5.0, 4.0)]
-    rows.append(AppRecord("vocabulary change", "a.jpg", "x, floor", "both", 1.5, 0.5, ["proposals"]))
+    rows = [AppRecord("first", "a.jpg", "x", "both", w, w - 1, [], n, {"proposals": w - 2, "crop": 1.0})
+            for w, n in ((3.0, 10), (5.0, 30), (4.0, 20))]
+    rows.append(AppRecord("vocabulary change", "a.jpg", "x, floor", "both", 1.5, 0.5, ["proposals"], 20,
+                          {"proposals": 0.0, "crop": 0.0}))
     summary = summarise(rows)
     assert summary["first"] == {"n": 3, "wall_median_s": 4.0, "wall_min_s": 3.0, "wall_max_s": 5.0,
-                                "pipeline_median_s": 3.0}
+                                "pipeline_median_s": 3.0, "stage_median_s": {"proposals": 2.0, "crop": 1.0},
+                                "segments_median": 20}
     assert summary["vocabulary change"]["n"] == 1 and "warm-up" not in summary
+    table = format_summary(summary)
+    assert "first" in table and "proposals 2.00, crop 1.00" in table
 
 
 def test_the_examples_file_resolves_like_the_app():
@@ -64,6 +79,9 @@ def test_measure_times_a_first_run_and_a_cached_rerun(app_url, tmp_path):
     assert first.cached == [] and again.cached == ["proposals", "image_encoding"]
     assert again.vocabulary == "sky, grass, ball, background"
     assert 0 < first.pipeline_s < first.wall_s and 0 < again.pipeline_s < again.wall_s
+    assert first.stages.keys() == {"proposals", "text_encoding", "one-pass", "crop"}
+    assert first.pipeline_s == pytest.approx(sum(first.stages.values()), abs=1e-3)
+    assert again.stages["proposals"] == 0.0  # reused stages count zero
     assert first.segments == again.segments > 0 and run.warnings == []
     # measured again, the app answers the "first" request from its cache: said, not averaged in silently
     rerun = app_bench.measure(app_url, [Case(str(path), "sky, grass, ball")], warm_up=False)
