@@ -27,7 +27,7 @@ from .sam2_backend import (
     sam2_at_resolution,
     with_modules,
 )
-from .weights import WeightsError, clip_weights_error, ensure_sam_checkpoint, load_state_dict
+from .weights import WeightsError, clip_weights_error, ensure_sam_checkpoint, load_state_dict, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def build_clip(name: str, pretrained: str | None, device: torch.device, half: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device=device)
+            with seeded_init():
+                model = open_clip.create_model(name, pretrained=pretrained, device=device)
         except Exception as exc:  # any failure to fetch or read weights gets the one clear message
             if pretrained is None:
                 raise
@@ -129,7 +130,8 @@ def build_sam(kind: str, device: torch.device, random_weights: bool = False,
         raise ValueError(f"unknown SAM model {kind!r}; choose from {', '.join(SAM_KINDS)}")
     if kind in RANDOM_ONLY_SAM and not random_weights:
         raise ValueError(f"SAM model {kind!r} exists only with random weights (for tests)")
-    model = SAM_BUILDERS[kind]()
+    with seeded_init():
+        model = SAM_BUILDERS[kind]()
     if not random_weights:
         path = ensure_sam_checkpoint(kind, Path(checkpoint_dir) if checkpoint_dir else None,
                                      download_missing=download)

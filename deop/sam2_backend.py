@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import ProposalConfig
 from .timing import Deadline, DeadlineBatches
-from .weights import HubCheckpoint, WeightsError, ensure_hub_checkpoint, load_state_dict
+from .weights import HubCheckpoint, WeightsError, ensure_hub_checkpoint, load_state_dict, seeded_init
 
 INSTALL_HINT = ("SAM 2.1 needs the optional sam2 package: "
                 "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 (make install does this)")
@@ -86,7 +86,8 @@ def build_sam2_model(kind: str, device: torch.device, random_weights: bool = Fal
     spec = SAM2_MODELS[kind]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script deprecation inside sam2's modules
-        model = build_sam2(spec.config, None, device="cpu")
+        with seeded_init():
+            model = build_sam2(spec.config, None, device="cpu")
     if not random_weights:
         path = ensure_hub_checkpoint(spec.checkpoint, Path(checkpoint_dir) if checkpoint_dir else None,
                                      download_missing=download)

@@ -1,4 +1,5 @@
-"""Model weight files: fetch, verify and load them, and fail with one message a user can act on.
+"""Model weights: fetch, verify and load checkpoint files, failing with one message a user can act on;
+or, with --random-weights, the same seeded random weights on every run.
 
 A checkpoint is only ever visible at its final path once its SHA-256 has been checked, so an interrupted
 download can never be mistaken for a good file later. Every failure (offline, refused, corrupt) names the
@@ -16,6 +17,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,19 @@ ALLOWED_SCHEMES = ("http", "https", "file")
 CHECKPOINT_DIR_ENV = "DEOP_CHECKPOINT_DIR"
 RANDOM_WEIGHTS_HINT = ("To try the pipeline without any weights, run with --random-weights "
                        "(real shapes and timings, meaningless labels).")
+
+
+RANDOM_SEED = 0
+
+
+@contextmanager
+def seeded_init(seed: int = RANDOM_SEED) -> Iterator[None]:
+    """Build models under this for the same random weights on every run: masks, labels and timings of
+    --random-weights then repeat from one launch to the next (a benchmark can be re-run and compared),
+    and the caller's own random state is left as it was. Models are initialised on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class WeightsError(RuntimeError):

@@ -112,3 +112,21 @@ def test_built_sam_uses_lean_attention(tiny_sam):
     with stock_attention(tiny_sam):  # the bench's reference: SAM exactly as shipped, then back
         assert all(type(m) is Attention for m in attentions)
     assert all(type(m) is LeanAttention for m in attentions)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_random_weights_repeat_across_builds_and_leave_the_callers_rng_alone():
+    """--random-weights runs are reproducible from one launch to the next (same masks, labels, timings)."""
+    cpu = torch.device("cpu")
+    state = torch.get_rng_state()
+    sam_a, sam_b = build_sam("tiny", cpu, random_weights=True), build_sam("tiny", cpu, random_weights=True)
+    clip_a, clip_b = build_clip("ViT-B-16-quickgelu", None, cpu), build_clip("ViT-B-16-quickgelu", None, cpu)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert _same_weights(sam_a, sam_b) and _same_weights(clip_a.model, clip_b.model)
+    # and they are random, not zeros: two blocks differ
+    blocks = clip_a.model.visual.transformer.resblocks
+    assert not torch.equal(blocks[0].attn.in_proj_weight, blocks[1].attn.in_proj_weight)

@@ -236,3 +236,10 @@ def test_without_the_sam2_package_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(deop.sam2_backend, "available", lambda: False)
     with pytest.raises(WeightsError, match="no-build-isolation sam2==1.1.0"):
         build_sam(KIND, CPU, random_weights=True)
+
+
+def test_random_sam2_weights_repeat_across_builds(sam2_full):
+    """The seeded random Hiera-T: a second build equals the session's model, weight for weight."""
+    again = build_sam(KIND, CPU, random_weights=True)
+    a, b = sam2_full.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
