@@ -16,7 +16,6 @@ from deop.app_bench import (
     Case,
     changed_vocabulary,
     format_summary,
-    pipeline_seconds,
     stage_seconds,
     summarise,
 )
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_APP = "--random-weights --sam tiny --points-per-side 4 --max-side 256 --clip-size 224 --templates single"
 
 
-def test_pipeline_seconds_counts_shared_stages_once():
+def test_stage_seconds_count_shared_stages_once():
     both = {"methods": {
         "one-pass": {"timings": {"proposals": 2.0, "text_encoding": 0.5, "image_encoding": 0.25,
                                  "classification": 0.125, "total": 2.875}},
@@ -34,9 +33,9 @@ def test_pipeline_seconds_counts_shared_stages_once():
                              "classification": 0.0625, "total": 6.5625}},
     }}
     assert stage_seconds(both) == {"proposals": 2.0, "text_encoding": 0.5, "one-pass": 0.375, "crop": 4.0625}
-    assert pipeline_seconds(both) == 2.0 + 0.5 + 0.25 + 0.125 + 4.0 + 0.0625
+    assert sum(stage_seconds(both).values()) == 2.0 + 0.5 + 0.25 + 0.125 + 4.0 + 0.0625
     one = {"methods": {"one-pass": both["methods"]["one-pass"]}}
-    assert pipeline_seconds(one) == 2.875
+    assert sum(stage_seconds(one).values()) == 2.875
 
 
 def test_changed_vocabulary_adds_one_name_new_to_the_run():
@@ -45,6 +44,8 @@ def test_changed_vocabulary_adds_one_name_new_to_the_run():
     second = changed_vocabulary("dog", used)
     assert first == "cat, shadow, floor" and second == "dog, light"
     assert {"floor", "light"} <= used
+    # names as the app parses them: synonyms count, "person: man" is not a name
+    assert app_bench.class_names("Person: man, woman\ncat") == {"person", "man", "woman", "cat"}
 
 
 def test_summary_groups_requests_by_kind():
