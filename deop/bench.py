@@ -316,7 +316,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 3)")
     p.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs with SAM")
     p.add_argument("--e2e-points", type=_ints, default=None,
-                   help="points_per_side values run with the fast preset (default 8,12,16) besides demo")
+                   help="points_per_side values run with the fast preset (default: its own 10, then 12 and 16) "
+                        "besides demo")
     p.add_argument("--backends", default=None,
                    help="other proposal models run end to end, comma-separated (default: sam2.1_hiera_t when "
                         "the sam2 package is installed; none with --quick); 'none' for none")
