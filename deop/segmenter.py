@@ -167,10 +167,9 @@ class Segmenter:
                 torch.cuda.empty_cache()
             if self.device.type == "mps":
                 torch.mps.empty_cache()
-            where = "the GPU" if self.device.type != "cpu" else "this machine"
-            raise DeviceOutOfMemory(
-                f"{where} ran out of memory on this image; try a smaller max side or CLIP size, fewer masks"
-                + (", or --device cpu" if self.device.type != "cpu" else "")) from exc
+            where, advice = ("this machine", "") if self.device.type == "cpu" else ("the GPU", ", or --device cpu")
+            raise DeviceOutOfMemory(f"{where} ran out of memory on this image; try a smaller max side or CLIP "
+                                    f"size, fewer masks{advice}") from exc
 
     def _segment(self, image: Any, vocabulary: str | Vocabulary, method: str, options: SegmentOptions | None,
                  progress: Progress | None, deadline: Deadline, overrides: dict[str, Any]) -> SegmentationResult:
