@@ -191,7 +191,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                         heat_class = gr.Dropdown([], label="Heatmap class")
                         heat = gr.Image(label="Class similarity heatmap", interactive=False)
                     with gr.Tab("Downloads"):
-                        files = gr.File(label="Overlay, labels, per-class masks, JSON", file_count="multiple")
+                        files = gr.File(label="Overlay, labels, per-class masks, JSON (segments as COCO RLE)",
+                                        file_count="multiple")
         gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary])
 
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from . import rle
+
 STAGES = ("proposals", "image_encoding", "text_encoding", "classification", "total")
 
 
@@ -71,6 +73,9 @@ class SegmentationResult:
         the dense pass ran.
     agreement: when one-pass and crop both ran, the share of segments (and of segment pixels) they gave
         the same label.
+
+    In JSON, ``segment_masks[i]`` is segment i's pixels as COCO RLE (``deop.rle.decode`` or pycocotools'
+    ``mask.decode`` read it), so each segment of each method can be saved and evaluated with its label.
     """
 
     classes: list[str]
@@ -109,6 +114,9 @@ class SegmentationResult:
             "settings": self.settings,
             "methods": {name: m.to_dict(self.classes) for name, m in self.methods.items()},
         }
+        if self.segment_map is not None:
+            n = max((len(m.segments) for m in self.methods.values()), default=0)
+            out["segment_masks"] = [{"id": i, **r} for i, r in enumerate(rle.encode_segments(self.segment_map, n))]
         if self.agreement is not None:
             out["agreement"] = self.agreement
             out["speedup"] = {"total": self.speedup("total"), "clip": self.speedup("clip")}

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import scene
+from deop import rle
 from deop.cli import main
 
 SMALL = ["--random-weights", "--device", "cpu", "--sam", "tiny", "--points-per-side", "4", "--pred-iou-thresh", "0",
@@ -45,6 +46,7 @@ def test_segment_folder_writes_overlay_labels_and_json(images, tmp_path, capsys)
             assert {"proposals", "image_encoding", "text_encoding", "classification", "total"} <= set(m["timings"])
             for seg in m["segments"]:
                 assert {"label", "score", "area", "box"} <= set(seg)
+                assert rle.area(data["segment_masks"][seg["id"]]) == seg["area"]
     assert "RANDOM WEIGHTS" in capsys.readouterr().err
 
 
