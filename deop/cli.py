@@ -36,22 +36,33 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_option_arguments(p: argparse.ArgumentParser) -> None:
-    o = SegmentOptions()
+    o, demo = SegmentOptions(), PROPOSAL_PRESETS["demo"]
     p.add_argument("--preset", choices=list(PROPOSAL_PRESETS), default="demo",
                    help="proposal settings: demo (DeOP demo's), fast (CPU), quality")
     p.add_argument("--points-per-side", type=int, default=None, help="SAM point grid side")
     p.add_argument("--points-per-batch", type=int, default=None,
                    help="SAM prompts decoded together (presets: 16, best on a CPU; try 64 on a GPU)")
-    p.add_argument("--pred-iou-thresh", type=float, default=None)
-    p.add_argument("--stability-score-thresh", type=float, default=None)
-    p.add_argument("--max-masks", type=int, default=None)
+    p.add_argument("--pred-iou-thresh", type=float, default=None,
+                   help=f"drop masks whose predicted IoU is below this (0..1; demo {demo.pred_iou_thresh})")
+    p.add_argument("--stability-score-thresh", type=float, default=None,
+                   help=f"drop masks unstable under threshold shifts (0..1; demo {demo.stability_score_thresh})")
+    p.add_argument("--box-nms-thresh", type=float, default=None,
+                   help=f"box IoU above which duplicate masks are suppressed (0..1; demo {demo.box_nms_thresh})")
+    p.add_argument("--min-mask-region-area", type=int, default=None,
+                   help=f"remove islands and holes smaller than this many pixels (demo {demo.min_mask_region_area})")
+    p.add_argument("--crop-n-layers", type=int, default=None,
+                   help="extra layers of image crops: better recall on small objects, each layer slower")
+    p.add_argument("--max-masks", type=int, default=None,
+                   help="keep at most N masks, those with the highest predicted IoU (0 = no limit)")
     p.add_argument("--sam-input-size", type=int, default=None,
                    help="SAM encoder input (1024 as trained, 512 fast; a multiple of 32 for SAM 2.1)")
     p.add_argument("--max-side", type=int, default=o.max_side, help="downscale so the long side is at most N")
     p.add_argument("--clip-size", type=int, default=o.clip_size, help="long side of the one CLIP pass")
-    p.add_argument("--severance", default=o.severance, choices=list(SEVERANCE_VARIANTS))
+    p.add_argument("--severance", default=o.severance, choices=list(SEVERANCE_VARIANTS),
+                   help="how the last block(s) are changed: DeOP's patch severance or a related method")
     p.add_argument("--n-severed", type=int, default=o.n_severed, help="severed final blocks")
-    p.add_argument("--templates", default=o.templates, choices=list(TEMPLATES))
+    p.add_argument("--templates", default=o.templates, choices=list(TEMPLATES),
+                   help="prompt templates averaged per class name (single is about 10x cheaper to encode)")
     p.add_argument("--threshold", type=float, default=o.none_threshold,
                    help='"none of these": segments whose best probability is below this stay unlabelled')
     p.add_argument("--no-fill", action="store_true", help="leave pixels no proposal covers unlabelled")
@@ -67,8 +78,8 @@ def options_from_args(args: argparse.Namespace) -> SegmentOptions:
     proposals = PROPOSAL_PRESETS[args.preset]
     if getattr(args, "random_weights", False):
         proposals = random_weight_proposals(proposals)
-    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "max_masks",
-             "sam_input_size")
+    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+             "min_mask_region_area", "crop_n_layers", "max_masks", "sam_input_size")
     flat = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     return SegmentOptions(proposals=proposals).with_overrides(
         max_side=args.max_side, clip_size=args.clip_size, severance=args.severance, n_severed=args.n_severed,
@@ -171,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     seg.add_argument("--classes", required=True,
                      help='vocabulary: "cat, dog, grass"; "person: man, woman" adds synonyms; @coco a preset')
-    seg.add_argument("--method", default="both", choices=list(METHODS))
+    seg.add_argument("--method", default="both", choices=list(METHODS),
+                     help="one-pass (DeOP), crop (baseline), both (compared), dense (per-pixel, no SAM)")
     seg.add_argument("--out", default="outputs", help="output folder")
     add_model_arguments(seg)
     add_option_arguments(seg)

@@ -134,3 +134,18 @@ def test_timing_line_says_who_won(n_segments, crop_seconds, expected):
     result = SegmentationResult(["a"], (2, 2), {"one-pass": method("one-pass", 0.5),
                                                 "crop": method("crop", crop_seconds)})
     assert timing_line(result).endswith(expected)
+
+
+def test_every_sam_option_flag_reaches_the_proposal_config():
+    from deop.cli import build_parser, options_from_args
+
+    flags = {"--points-per-side": ("points_per_side", 7), "--points-per-batch": ("points_per_batch", 9),
+             "--pred-iou-thresh": ("pred_iou_thresh", 0.31),
+             "--stability-score-thresh": ("stability_score_thresh", 0.32),
+             "--box-nms-thresh": ("box_nms_thresh", 0.33), "--min-mask-region-area": ("min_mask_region_area", 34),
+             "--crop-n-layers": ("crop_n_layers", 1), "--max-masks": ("max_masks", 35),
+             "--sam-input-size": ("sam_input_size", 640)}
+    argv = ["segment", "x.png", "--classes", "cat"] + [str(v) for flag, (_, value) in flags.items()
+                                                        for v in (flag, value)]
+    proposals = options_from_args(build_parser().parse_args(argv)).proposals
+    assert {name: getattr(proposals, name) for name, _ in flags.values()} == dict(flags.values())
