@@ -62,12 +62,18 @@ class TextEmbeddingCache:
 
     def _encode(self, clip: ClipModel, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
         prompts = [p for name in names for p in apply_templates(name, templates)]
-        chunks = []
+        tokens = clip.tokenizer(prompts)
+        # Batches of similar length, so that each is trimmed to little more than its own prompts.
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+        per_prompt = torch.empty(0)
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                tokens = clip.tokenizer(prompts[i: i + self.batch_size]).to(clip.device)
-                chunks.append(F.normalize(encode_text(clip.model, tokens).float(), dim=-1))
-        per_prompt = torch.cat(chunks).reshape(len(names), len(templates), -1)
+                idx = order[i: i + self.batch_size]
+                emb = F.normalize(encode_text(clip.model, tokens[idx].to(clip.device)).float(), dim=-1)
+                if i == 0:
+                    per_prompt = emb.new_empty(len(prompts), emb.shape[-1])
+                per_prompt[idx.to(emb.device)] = emb
+        per_prompt = per_prompt.reshape(len(names), len(templates), -1)
         return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
     def names(self, clip: ClipModel, names: list[str], template_set: str) -> torch.Tensor:
