@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import scene
+from deop import rle
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +36,9 @@ def test_segment_api_returns_overlays_latency_and_downloads(client, tmp_path):
     assert "One pass (DeOP)" in latency and "Crop baseline" in latency and "faster" in latency
     names = sorted(f.rsplit("/", 1)[-1] for f in files)
     assert "segmentation.json" in names and "segmentation_masks.zip" in names
+    data = json.loads(Path(next(f for f in files if f.endswith("segmentation.json"))).read_text())
+    segments = data["methods"]["one-pass"]["segments"]
+    assert segments and all(rle.area(data["segment_masks"][s["id"]]) == s["area"] for s in segments)
     # the same image with another vocabulary reuses the cache and says so
     _, _, latency2, *_ = client.predict(handle_file(str(path)), "sky, grass, box", "both", api_name="/segment")
     assert "reused from cache" in latency2
