@@ -65,14 +65,13 @@ class TextEmbeddingCache:
         tokens = clip.tokenizer(prompts)
         # Batches of similar length, so that each is trimmed to little more than its own prompts.
         order = torch.argsort(tokens.argmax(dim=-1), stable=True)
-        per_prompt = torch.empty(0)
+        chunks = []
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                idx = order[i: i + self.batch_size]
-                emb = F.normalize(encode_text(clip.model, tokens[idx].to(clip.device)).float(), dim=-1)
-                if i == 0:
-                    per_prompt = emb.new_empty(len(prompts), emb.shape[-1])
-                per_prompt[idx.to(emb.device)] = emb
+                batch = tokens[order[i: i + self.batch_size]].to(clip.device)
+                chunks.append(F.normalize(encode_text(clip.model, batch).float(), dim=-1))
+        sorted_embeddings = torch.cat(chunks)
+        per_prompt = sorted_embeddings[torch.argsort(order).to(sorted_embeddings.device)]  # back to prompt order
         per_prompt = per_prompt.reshape(len(names), len(templates), -1)
         return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
