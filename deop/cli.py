@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .config import METHODS, PROPOSAL_PRESETS, ProposalConfig, SegmenterConfig, SegmentOptions
@@ -78,9 +78,8 @@ def options_from_args(args: argparse.Namespace) -> SegmentOptions:
     proposals = PROPOSAL_PRESETS[args.preset]
     if getattr(args, "random_weights", False):
         proposals = random_weight_proposals(proposals)
-    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-             "min_mask_region_area", "crop_n_layers", "max_masks", "sam_input_size")
-    flat = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    # Every ProposalConfig field that has a flag (add_option_arguments), so a new flag cannot be ignored here.
+    flat = {f.name: getattr(args, f.name) for f in fields(ProposalConfig) if getattr(args, f.name, None) is not None}
     return SegmentOptions(proposals=proposals).with_overrides(
         max_side=args.max_side, clip_size=args.clip_size, severance=args.severance, n_severed=args.n_severed,
         templates=args.templates, none_threshold=args.threshold, fill_uncovered=not args.no_fill, **flat)
