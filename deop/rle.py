@@ -2,7 +2,10 @@
 that pycocotools, SAM's own ``amg.py --output-mode coco_rle`` and COCO evaluation read as they are.
 
 Written in numpy rather than importing pycocotools: it is a compiled package that a Space or a fresh
-venv may lack, and the format is small. The tests check byte equality with pycocotools.
+venv may lack, and the format is small. The tests check byte equality with pycocotools. SAM's own
+``segment_anything.utils.amg.mask_to_rle_pytorch`` gives the same run lengths (the tests decode its
+output), but it filters the change indices once per mask: for 100 segments of a 1024x768 map it took
+0.32 s against 0.09 s here, on every app request, hence ``encode_segments``.
 """
 
 from __future__ import annotations
