@@ -1,26 +1,37 @@
-"""Gradio front end: layout and wiring only; everything it shows comes from the deop package."""
+"""Gradio front end: layout and wiring only; everything it shows comes from the deop package.
+
+The Advanced panel's widgets, the /segment handler's parameters and the order of its API inputs are
+generated from the option descriptions in ``deop.config`` (``APP_OPTIONS``), and its outputs are named
+in ``deop.ui.SEGMENT_OUTPUTS``, so an option is added in one place.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from deop import SegmenterConfig, ui
-from deop.cli import add_model_arguments, add_option_arguments, config_from_args
-from deop.dense_clip import SEVERANCE_VARIANTS
-from deop.errors import USER_ERRORS
-from deop.images import ImageError, load_image
+from deop import ui
+from deop.arguments import add_model_arguments, add_option_arguments, config_from_args, env_default
+from deop.config import APP_OPTIONS, Option, SegmenterConfig, option_value, request_options
+from deop.errors import USER_ERRORS, internal_error
+from deop.images import load_image
+from deop.methods import METHOD_CHOICES
 from deop.models import RANDOM_WEIGHTS_WARNING
-from deop.presets import PRESET_TITLES, PRESETS, TEMPLATES
-from deop.segmenter import Segmenter
+from deop.pipeline import Segmenter
+from deop.presets import PRESET_TITLES, PRESETS
 from deop.vocabulary import Vocabulary
 
 ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("deop.app")
 CLICK_HINT = "Click a segment in the image above, or a class in an overlay's legend, to see its top-5 classes."
 HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man, woman, child` is one class. "
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
@@ -43,6 +54,51 @@ def image_input(**kwargs) -> gr.Image:
 
     component.preprocess = preprocess
     return component
+
+
+def option_widget(option: Option, value: Any) -> gr.components.Component:
+    """The widget an option's description asks for, showing `value`."""
+    w = option.meta.widget
+    if w.kind == "slider":
+        return gr.Slider(w.minimum, w.maximum, value=value, step=w.step, label=w.label, info=w.info)
+    if w.kind == "dropdown":
+        return gr.Dropdown(option.choices, value=value, label=w.label, info=w.info)
+    if w.kind == "checkbox":
+        return gr.Checkbox(value=value, label=w.label, info=w.info)
+    raise ValueError(f"option {option.name} asks for an unknown widget kind {w.kind!r}")
+
+
+def with_signature(fn, names: list[str], defaults: dict[str, Any]):
+    """Give a handler taking ``**values`` the named parameters Gradio's API shows (and gradio_client's
+    keyword arguments use), in the order of the event's inputs."""
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=defaults.get(n, inspect.Parameter.empty)) for n in names]
+    params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))
+
+    def handler(*args, progress=gr.Progress()):
+        return fn(dict(zip(names, args)), progress)
+
+    handler.__signature__ = inspect.Signature(params)
+    handler.__name__ = fn.__name__
+    return handler
+
+
+def user_errors(fn):
+    """Our own errors become a message naming the problem; anything else is a bug: logged with its
+    traceback on the server and shown only as an internal error with an id to quote, never a traceback
+    or Gradio's generic "Error"."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(internal_error(exc, log, fn.__name__)) from None
+
+    return wrapped
 
 
 def atomic_image_cache() -> None:
@@ -81,49 +137,33 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     models = ui.proposal_models(segmenter)
     segmenters = ui.SegmenterPool(segmenter, [kind for _, kind in models])
     defaults = config.options
+    options = [request_options()[name] for name in APP_OPTIONS]
     examples = json.loads((ROOT / "assets" / "examples.json").read_text())
 
-    def segment(image, vocabulary, method="both", points_per_side=defaults.proposals.points_per_side,
-                pred_iou_thresh=defaults.proposals.pred_iou_thresh,
-                stability_score_thresh=defaults.proposals.stability_score_thresh, max_side=defaults.max_side,
-                severance=defaults.severance, none_threshold=defaults.none_threshold,
-                fill_uncovered=defaults.fill_uncovered, templates=defaults.templates, clip_size=defaults.clip_size,
-                n_severed=defaults.n_severed, max_masks=defaults.proposals.max_masks,
-                min_mask_region_area=defaults.proposals.min_mask_region_area,
-                box_nms_thresh=defaults.proposals.box_nms_thresh, proposal_model=config.sam_kind, state=None,
-                progress=gr.Progress()):
+    @user_errors
+    def segment(values: dict[str, Any], progress: gr.Progress):
+        image = values["image"]
         if image is None:
             raise gr.Error("Upload an image first (or click an example).")
         loader.ready.wait()
         if loader.error:
             raise gr.Error(loader.error)
-        try:  # errors name the user's file, not the server's upload folder
-            image = load_image(image, display_name=Path(str(image)).name)
-        except ImageError as exc:
-            raise gr.Error(str(exc)) from None
-        try:
-            result = segmenters.get(proposal_model).segment(
-                image, vocabulary, method=method, timeout=time_limit,
-                progress=lambda f, d: progress(f, desc=d), points_per_side=int(points_per_side),
-                pred_iou_thresh=float(pred_iou_thresh), stability_score_thresh=float(stability_score_thresh),
-                max_side=int(max_side), severance=severance, none_threshold=float(none_threshold),
-                fill_uncovered=bool(fill_uncovered), templates=templates, clip_size=int(clip_size),
-                n_severed=int(n_severed), max_masks=int(max_masks), min_mask_region_area=int(min_mask_region_area),
-                box_nms_thresh=float(box_nms_thresh))
-        except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
-        first = "one-pass" if "one-pass" in result.methods else method
-        left = (image, ui.annotations(result, first))
-        right = (image, ui.annotations(result, "crop")) if "crop" in result.methods and first != "crop" else None
-        heat_choices = gr.update(choices=result.classes, value=result.classes[0])
-        view = ui.inspect_view(image, result)
-        state = {"image": image, "result": result, "view": view}
-        return (left, gr.update(value=right, visible=right is not None), ui.latency_markdown(result),
-                ui.chart(result), ui.downloads(image, result), heat_choices, view, CLICK_HINT, state)
+        image = load_image(image, display_name=Path(str(image)).name)  # errors name the user's file only
+        overrides = {o.name: _coerce(o, values[o.name]) for o in options}
+        result = segmenters.get(values["proposal_model"]).segment(
+            image, values["vocabulary"], method=values["method"], timeout=time_limit,
+            progress=lambda f, d: progress(f, desc=d), **overrides)
+        views = ui.segment_views(image, result)
+        views["crop"] = gr.update(value=views["crop"], visible=views["crop"] is not None)
+        views["heatmap_classes"] = gr.update(choices=views["heatmap_classes"], value=views["heatmap_classes"][0])
+        state = {"image": image, "result": result, "view": views["inspect"]}
+        return [*(views[name] for name in ui.SEGMENT_OUTPUTS), CLICK_HINT, state]
 
+    @user_errors
     def heatmap(class_name, state):
         return None if not state else ui.heatmap_for(state["image"], state["result"], class_name)
 
+    @user_errors
     def click_legend(state, evt: gr.SelectData):
         """A click on a legend entry of the overlay (Gradio reports the annotation's index and label)."""
         if not state:
@@ -131,6 +171,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
         return ui.class_segments(state["result"], str(label))
 
+    @user_errors
     def click_pixel(state, evt: gr.SelectData):
         """A click on the inspector image: Gradio reports the pixel position in the image's own size."""
         if not state or not isinstance(evt.index, (list, tuple)):
@@ -154,28 +195,12 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 preset = gr.Dropdown([("(none)", "")] + [(PRESET_TITLES[k], k) for k in PRESETS],
                                      value="", label="Vocabulary preset")
                 vocabulary = gr.Textbox(label="Classes", value="cat, sofa, wall, blanket", lines=3, info=HINT)
-                method = gr.Radio(["one-pass", "crop", "both", "dense"], value="both", label="Method")
+                method = gr.Radio(list(METHOD_CHOICES), value="both", label="Method")
                 with gr.Accordion("Advanced", open=False):
                     proposal_model = gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
                                                  visible=len(models) > 1,
-                                                 info="loaded on first use; same options for both")
-                    pps = gr.Slider(4, 48, value=defaults.proposals.points_per_side, step=1,
-                                    label="SAM points per side")
-                    iou = gr.Slider(0, 1, value=defaults.proposals.pred_iou_thresh, label="SAM predicted IoU threshold")
-                    stab = gr.Slider(0, 1, value=defaults.proposals.stability_score_thresh,
-                                     label="SAM stability threshold")
-                    max_side = gr.Slider(128, 2048, value=defaults.max_side, step=32, label="Max image side")
-                    severance = gr.Dropdown(list(SEVERANCE_VARIANTS), value=defaults.severance,
-                                            label="Patch severance variant")
-                    threshold = gr.Slider(0, 1, value=defaults.none_threshold, label='"None of these" threshold')
-                    fill = gr.Checkbox(value=defaults.fill_uncovered, label="Fill uncovered pixels from the dense map")
-                    templates = gr.Dropdown(list(TEMPLATES), value=defaults.templates, label="Prompt templates")
-                    clip_size = gr.Slider(224, 1024, value=defaults.clip_size, step=16, label="CLIP input long side")
-                    n_severed = gr.Slider(1, 4, value=defaults.n_severed, step=1, label="Severed final blocks")
-                    max_masks = gr.Slider(1, 300, value=defaults.proposals.max_masks, step=1, label="Max masks")
-                    min_area = gr.Slider(0, 2000, value=defaults.proposals.min_mask_region_area, step=10,
-                                         label="SAM min mask region area (px)")
-                    nms = gr.Slider(0, 1, value=defaults.proposals.box_nms_thresh, label="SAM box NMS threshold")
+                                                 info="loaded on first use; same options for all")
+                    widgets = {o.name: option_widget(o, option_value(defaults, o.name)) for o in options}
                 run = gr.Button("Segment", variant="primary")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -185,7 +210,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 chart = gr.Image(label="Latency per stage", interactive=False)
                 with gr.Tabs():
                     with gr.Tab("Inspect a segment"):
-                        inspect = gr.Image(label="Click a segment", interactive=False, elem_id="inspect")
+                        inspect_view = gr.Image(label="Click a segment", interactive=False, elem_id="inspect")
                         clicked = gr.Markdown(CLICK_HINT, elem_id="clicked")
                     with gr.Tab("Class heatmap"):
                         heat_class = gr.Dropdown([], label="Heatmap class")
@@ -195,20 +220,31 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                                         file_count="multiple")
         gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary])
 
+        inputs = {"image": image, "vocabulary": vocabulary, "method": method, **widgets,
+                  "proposal_model": proposal_model}
+        outputs = {"one_pass": out_left, "crop": out_right, "latency": latency, "chart": chart, "files": files,
+                   "heatmap_classes": heat_class, "inspect": inspect_view}
+        handler_defaults = {"method": "both", "proposal_model": config.sam_kind,
+                            **{o.name: option_value(defaults, o.name) for o in options}}
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
                       vocabulary)
-        run.click(segment, [image, vocabulary, method, pps, iou, stab, max_side, severance, threshold, fill, templates,
-                            clip_size, n_severed, max_masks, min_area, nms, proposal_model, state],
-                  [out_left, out_right, latency, chart, files, heat_class, inspect, clicked, state],
-                  api_name="segment")
+        run.click(with_signature(segment, list(inputs), handler_defaults), list(inputs.values()),
+                  [*(outputs[name] for name in ui.SEGMENT_OUTPUTS), clicked, state], api_name="segment")
         heat_class.change(heatmap, [heat_class, state], heat)
         out_left.select(click_legend, [state], clicked)
         out_right.select(click_legend, [state], clicked)
-        inspect.select(click_pixel, [state], [inspect, clicked])
+        inspect_view.select(click_pixel, [state], [inspect_view, clicked])
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
+
+
+def _coerce(option: Option, value: Any) -> Any:
+    """Gradio hands sliders' values as floats; the options' own checks do the rest."""
+    if option.type == "int" and isinstance(value, float):
+        return int(value)
+    return value
 
 
 # The latency table on a phone: no word broken inside ("classificati/on", "baselin/e"), stages on one line,
@@ -229,15 +265,14 @@ def launch(demo: gr.Blocks, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description="DeOP open-vocabulary segmentation demo")
     add_model_arguments(parser)
-    add_option_arguments(parser)
-    parser.set_defaults(preset="fast")  # interactive use on a CPU: see PROPOSAL_PRESETS
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--share", action="store_true")
-    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per request")
+    add_option_arguments(parser, preset="fast")  # interactive use on a CPU: see PROPOSAL_PRESETS
+    parser.add_argument("--port", type=int, default=env_default("GRADIO_SERVER_PORT", 7860, int),
+                        help="port to serve on (default 7860; $GRADIO_SERVER_PORT)")
+    parser.add_argument("--host", default=env_default("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME, e.g. 0.0.0.0 on a Space)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per request (default 300)")
     args = parser.parse_args()
-    args.random_weights = args.random_weights or os.environ.get("DEOP_RANDOM_WEIGHTS") == "1"
-    args.device = os.environ.get("DEOP_DEVICE", args.device)
     launch(build_app(config_from_args(args), args.time_limit), server_name=args.host, server_port=args.port,
            share=args.share)
 

@@ -1,11 +1,14 @@
-"""A small thread-safe LRU map: the bound that keeps a long-running demo's memory flat."""
+"""Small thread-safe caches: the bounds that keep a long-running demo's memory flat."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
+
+from .timing import stopwatch
 
 
 class LRUCache:
@@ -53,3 +56,39 @@ class LRUCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+@dataclass
+class TimedValue:
+    """A cached stage's value with what it cost when it was computed: a cache hit reports the first run's
+    cost, so the app can show what was saved."""
+
+    value: Any
+    seconds: float
+
+
+class StageCache:
+    """One expensive stage's values (proposals, dense features, crop embeddings) per image and settings:
+    an LRU, each value timed when computed, every lookup saying whether it was reused."""
+
+    def __init__(self, stage: str, max_entries: int, device: Any = None) -> None:
+        self.stage = stage
+        self.device = device
+        self.runs = 0  # how often the stage was computed: tests count it
+        self._lru = LRUCache(max_entries)
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> tuple[TimedValue, bool]:
+        def run() -> TimedValue:
+            record: dict[str, float] = {}
+            with stopwatch(record, self.stage, self.device):
+                value = compute()
+            self.runs += 1
+            return TimedValue(value, record[self.stage])
+
+        return self._lru.get_or_compute(key, run)
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+    def __len__(self) -> int:
+        return len(self._lru)

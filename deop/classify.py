@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dense_clip import encode_dense, patch_size_of
-from .models import ClipModel
-from .proposals import Proposals
+from .clip.dense import encode_dense, patch_size_of
+from .clip.model import ClipModel
+from .images import nearest_indices
+from .proposers import Proposals
 from .timing import Deadline
 
 
@@ -58,9 +59,7 @@ def cell_counts(segment_map: np.ndarray, n: int, grid: tuple[int, int]) -> torch
     """
     h, w = segment_map.shape
     gh, gw = grid
-    rows = (np.arange(h) * gh // h).astype(np.int64)
-    cols = (np.arange(w) * gw // w).astype(np.int64)
-    cell = rows[:, None] * gw + cols[None, :]
+    cell = nearest_indices(gh, h)[:, None] * gw + nearest_indices(gw, w)[None, :]
     inside = segment_map >= 0
     flat = segment_map[inside].astype(np.int64) * (gh * gw) + cell[inside]
     counts = np.bincount(flat, minlength=n * gh * gw).reshape(n, gh * gw)
@@ -72,6 +71,18 @@ def pool_segments(features: torch.Tensor, proposals: Proposals) -> torch.Tensor:
     d, gh, gw = features.shape
     weights = cell_counts(proposals.segment_map, len(proposals), (gh, gw)).to(features.device)
     return F.normalize(weights @ features.reshape(d, -1).T, dim=-1)
+
+
+def labels_from(probs: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The one labelling rule, for segments and pixels alike: the most probable class over the last
+    axis, or -1 ("none of these") where its probability is below `threshold`. (labels int32, best)"""
+    if probs.shape[-1] == 0 or probs.numel() == 0:
+        shape = probs.shape[:-1]
+        return np.full(shape, -1, dtype=np.int32), np.zeros(shape, dtype=np.float32)
+    best, label = probs.max(dim=-1)
+    label, best = label.cpu().numpy().astype(np.int32), best.float().cpu().numpy()
+    label[best < threshold] = -1
+    return label, best
 
 
 def probabilities(embeddings: torch.Tensor, text: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
@@ -157,10 +168,6 @@ def dense_labels(similarity: torch.Tensor, shape: tuple[int, int], logit_scale: 
     size = (max(1, math.ceil(h * scale)), max(1, math.ceil(w * scale)))
     logits = F.interpolate(similarity[None].float() * logit_scale, size=size, mode="bilinear",
                            align_corners=False)[0]
-    prob, label = logits.softmax(dim=0).max(dim=0)
-    label[prob < threshold] = -1
-    rows = np.arange(h) * size[0] // h
-    cols = np.arange(w) * size[1] // w
-    label_np = label.cpu().numpy().astype(np.int32)[rows[:, None], cols[None, :]]
-    prob_np = prob.cpu().numpy()[rows[:, None], cols[None, :]]
-    return label_np, prob_np
+    label, prob = labels_from(logits.softmax(dim=0).permute(1, 2, 0), threshold)
+    rows, cols = nearest_indices(size[0], h)[:, None], nearest_indices(size[1], w)[None, :]
+    return label[rows, cols], prob[rows, cols]

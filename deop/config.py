@@ -1,73 +1,230 @@
-"""Settings as data: which models to load (SegmenterConfig) and how to run one request (SegmentOptions).
+"""Settings as data: which models to load (``SegmenterConfig``) and how to run one request
+(``SegmentOptions`` and its ``ProposalConfig``).
+
+Each setting is described once, here, by its field: default, help, range, choices, the CLI flag and
+environment variable that set it, the app widget that shows it and the cached stage it changes. The CLI
+flags (``deop.arguments``), the app's widgets and its input checks (``app.py``), and the validation
+below are all generated from that description, so adding an option is one field.
 
 Options are frozen so that they can key the caches: two requests share proposals or features exactly
-when the settings those depend on are equal.
+when the settings those depend on are equal. Nothing here imports torch, so that ``python -m deop --help``
+and ``import deop`` stay fast.
 """
 
 from __future__ import annotations
 
+import math
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from typing import Any
 
-METHODS = ("one-pass", "crop", "both", "dense")
+from .errors import OptionError, UnknownOptionError
+
+# The cached stages, in the order a request runs them; an option's ``stage`` is the first one it changes,
+# so an edit of a "labels" option re-runs from the cache, and anything earlier needs new proposals or
+# features.
+STAGES_IN_ORDER = ("image", "proposals", "features", "crops", "labels")
+
+
+@dataclass(frozen=True)
+class Widget:
+    """How the app shows an option. ``kind`` is "slider", "dropdown" or "checkbox"; the app accepts only
+    values in [minimum, maximum] (the slider's range) however a request reaches it, so that an API call
+    cannot ask for more than the page offers."""
+
+    kind: str
+    label: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    info: str | None = None
+
+
+@dataclass(frozen=True)
+class OptionMeta:
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: Callable[[], Sequence[str]] | None = None
+    flag: str | None = None  # None: "--" + the name with dashes; "" for none
+    env: str | None = None  # read when the flag is not given (flag, then environment, then default)
+    widget: Widget | None = None
+    stage: str | None = None
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field that carries its description (``OptionMeta``)."""
+    return field(default=default, metadata={"option": OptionMeta(help=help, **meta)})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One described setting, as the CLI, the app and validation see it."""
+
+    name: str
+    type: str  # "int", "float", "bool", "str" or "path" (a str or None)
+    default: Any
+    meta: OptionMeta
+
+    @property
+    def flag(self) -> str | None:
+        if self.meta.flag == "":
+            return None
+        return self.meta.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def choices(self) -> list[str] | None:
+        return list(self.meta.choices()) if self.meta.choices else None
+
+    def check(self, value: Any, *, app: bool = False) -> Any:
+        """`value` if it is of this option's type and within its range (the widget's range with `app`),
+        else an ``OptionError`` naming the option; a whole float for an int option and an int for a float
+        option are taken as the number they are."""
+        value = self._typed(value)
+        lo, hi = self.meta.minimum, self.meta.maximum
+        if app and self.meta.widget is not None:
+            lo = self.meta.widget.minimum if self.meta.widget.minimum is not None else lo
+            hi = self.meta.widget.maximum if self.meta.widget.maximum is not None else hi
+        if self.type in ("int", "float") and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            if lo is not None and hi is not None:
+                span = f"between {lo:g} and {hi:g}"
+            else:
+                span = f"at least {lo:g}" if lo is not None else f"at most {hi:g}"
+            raise OptionError(f"{self.name} must be {span}, got {value:g}")
+        choices = self.choices
+        if choices is not None and value not in choices:
+            raise OptionError(f"{self.name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        kind = self.type
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise OptionError(f"{self.name} must be true or false, got {value!r}")
+        if kind == "path":
+            if value is None or isinstance(value, str):
+                return value
+            raise OptionError(f"{self.name} must be a path or empty, got {value!r}")
+        if kind == "str":
+            if isinstance(value, str):
+                return value
+            raise OptionError(f"{self.name} must be a text, got {value!r}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            what = "a whole number" if kind == "int" else "a number"
+            raise OptionError(f"{self.name} must be {what}, got {value!r}")
+        if kind == "int":
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise OptionError(f"{self.name} must be a whole number, got {value!r}")
+                return int(value)
+            return value
+        return float(value)
+
+
+_TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
+
+
+@cache
+def options_of(cls: type) -> tuple[Option, ...]:
+    """The described fields of a settings dataclass, in field order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        meta = f.metadata.get("option")
+        if meta is None:
+            continue
+        hint = hints[f.name]
+        kind = _TYPES.get(hint, "path" if hint == (str | None) else None)
+        if kind is None:
+            raise TypeError(f"option {cls.__name__}.{f.name} has an unsupported type {hint}")
+        out.append(Option(f.name, kind, f.default, meta))
+    return tuple(out)
+
+
+def _validate(obj: Any) -> None:
+    """Check every described field of a frozen dataclass; numbers are stored as their option's type."""
+    for opt in options_of(type(obj)):
+        object.__setattr__(obj, opt.name, opt.check(getattr(obj, opt.name)))
+
+
+def _severance_names() -> list[str]:
+    from .clip.severance import SEVERANCE_VARIANTS
+
+    return list(SEVERANCE_VARIANTS)
+
+
+def _template_names() -> list[str]:
+    from .presets import TEMPLATES
+
+    return list(TEMPLATES)
+
+
+def _proposer_names() -> list[str]:
+    from .proposers import PROPOSERS
+
+    return list(PROPOSERS)
 
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    """Segment Anything's automatic mask generator, every option in one place.
+    """Segment Anything's automatic mask generator (SAM, SAM 2.1 and MobileSAM share it), every option in
+    one place.
 
     Defaults are the official DeOP demo's (points_per_side=20, min_mask_region_area=100, the rest at
     SAM's defaults) except points_per_batch, 16 instead of SAM's 64 for memory and CPU speed (see
     ``PROPOSAL_PRESETS``); it does not change the masks. On a CPU the mask decoder costs about 0.1-0.2 s
     per point, so points_per_side dominates the run time: see ``PROPOSAL_PRESETS["fast"]``.
-
-    points_per_side: the grid of point prompts is points_per_side x points_per_side.
-    points_per_batch: prompts decoded together; larger uses more memory (and is faster on a GPU).
-    pred_iou_thresh: drop masks whose predicted IoU is below this (0..1).
-    stability_score_thresh: drop masks whose stability under threshold changes is below this (0..1).
-    stability_score_offset: how far the threshold is moved when measuring stability.
-    box_nms_thresh: IoU above which duplicate masks are suppressed.
-    crop_n_layers: extra layers of image crops (each layer re-runs SAM on 4^i crops; slow, better recall).
-    crop_nms_thresh: IoU for suppressing duplicates between crops.
-    crop_n_points_downscale_factor: fewer points per side in deeper crop layers.
-    min_mask_region_area: remove islands and holes smaller than this many pixels (needs OpenCV).
-    max_masks: keep at most this many masks, those with the highest predicted IoU (0 = no limit).
-    sam_input_size: the square input of SAM's image encoder. 1024 is SAM as trained; 512 runs the same
-        weights about 10x faster on a CPU (encoder and per-point decoder), for coarser masks.
     """
 
-    points_per_side: int = 20
-    points_per_batch: int = 16
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 100
-    max_masks: int = 100
-    sam_input_size: int = 1024
+    points_per_side: int = option(
+        20, "SAM point grid side: N x N point prompts; the decoder runs once per point", minimum=1,
+        widget=Widget("slider", "SAM points per side", 4, 48, 1), stage="proposals")
+    points_per_batch: int = option(
+        16, "SAM prompts decoded together; more uses more memory (presets: 16, best on a CPU; try 64 on a GPU); "
+        "the masks do not change", minimum=1, stage="proposals")
+    pred_iou_thresh: float = option(
+        0.88, "drop masks whose predicted IoU is below this (0..1; demo 0.88)", minimum=0.0, maximum=1.0,
+        widget=Widget("slider", "SAM predicted IoU threshold", 0, 1), stage="proposals")
+    stability_score_thresh: float = option(
+        0.95, "drop masks unstable under threshold shifts (0..1; demo 0.95)", minimum=0.0, maximum=1.0,
+        widget=Widget("slider", "SAM stability threshold", 0, 1), stage="proposals")
+    stability_score_offset: float = option(
+        1.0, "how far the mask threshold is moved when measuring stability", minimum=0.0, stage="proposals")
+    box_nms_thresh: float = option(
+        0.7, "box IoU above which duplicate masks are suppressed (0..1; demo 0.7; 1 keeps every mask)",
+        minimum=0.0, maximum=1.0, widget=Widget("slider", "SAM box NMS threshold", 0, 1), stage="proposals")
+    crop_n_layers: int = option(
+        0, "extra layers of image crops: SAM runs again on 4^i crops; better recall on small objects, each "
+        "layer slower", minimum=0, stage="proposals")
+    crop_nms_thresh: float = option(
+        0.7, "box IoU for suppressing duplicates between crops (0..1)", minimum=0.0, maximum=1.0, stage="proposals")
+    crop_n_points_downscale_factor: int = option(
+        1, "fewer points per side in deeper crop layers (divided by this per layer)", minimum=1, stage="proposals")
+    min_mask_region_area: int = option(
+        100, "remove islands and holes smaller than this many pixels (demo 100; needs OpenCV)", minimum=0,
+        widget=Widget("slider", "SAM min mask region area (px)", 0, 2000, 10), stage="proposals")
+    max_masks: int = option(
+        100, "keep at most N masks, those with the highest predicted IoU (0 = no limit)", minimum=0,
+        widget=Widget("slider", "Max masks", 1, 300, 1), stage="proposals")
+    sam_input_size: int = option(
+        1024, "SAM encoder input side: 1024 as trained, 512 about 4-10x cheaper on a CPU for coarser masks; a "
+        "multiple of 16 (of 32 for SAM 2.1); MobileSAM always runs at 1024", minimum=64, stage="proposals")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.sam_input_size % 16:
+            raise OptionError(f"sam_input_size must be a multiple of 16, got {self.sam_input_size}")
 
     def generator_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``SamAutomaticMaskGenerator`` (everything but our own max_masks)."""
+        """Keyword arguments of the stock automatic mask generators (everything but our own options)."""
         kwargs = asdict(self)
         kwargs.pop("max_masks")
         kwargs.pop("sam_input_size")
         return kwargs
-
-    def __post_init__(self) -> None:
-        if self.points_per_side < 1:
-            raise ValueError("points_per_side must be at least 1")
-        if self.points_per_batch < 1:
-            raise ValueError("points_per_batch must be at least 1")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if self.sam_input_size < 64 or self.sam_input_size % 16:
-            raise ValueError("sam_input_size must be a multiple of 16, at least 64")
-        if self.max_masks < 0 or self.min_mask_region_area < 0 or self.crop_n_layers < 0:
-            raise ValueError("max_masks, min_mask_region_area and crop_n_layers must not be negative")
 
 
 PROPOSAL_PRESETS: dict[str, ProposalConfig] = {
@@ -85,42 +242,41 @@ PROPOSAL_PRESETS: dict[str, ProposalConfig] = {
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """What one request may change without reloading any model.
+    """What one request may change without reloading any model."""
 
-    max_side: the image is downscaled so that its long side is at most this before anything runs;
-        results are mapped back to the input size.
-    clip_size: long side of the image given to the one CLIP pass (sides rounded to the patch size).
-    severance: patch severance variant, see ``deop.dense_clip.SEVERANCE_VARIANTS``.
-    n_severed: how many final blocks are severed (DeOP's generalized severance uses more than one).
-    templates: prompt template set, see ``deop.presets.TEMPLATES``.
-    none_threshold: a segment whose best class probability is below this is left unlabelled (-1).
-    fill_uncovered: label pixels that no proposal covers from the dense per-pixel classification.
-    crop_margin: the crop baseline enlarges each mask's box by this fraction on every side.
-    crop_batch_size: crops per ``encode_image`` batch.
-    logit_scale: CLIP's temperature for the softmax over classes.
-    """
-
-    max_side: int = 1024
-    clip_size: int = 448
-    severance: str = "deop"
-    n_severed: int = 1
-    templates: str = "segmentation"
-    none_threshold: float = 0.0
-    fill_uncovered: bool = True
-    crop_margin: float = 0.1
-    crop_batch_size: int = 32
-    logit_scale: float = 100.0
+    max_side: int = option(
+        1024, "downscale so the long side is at most N before anything runs; results are mapped back to the "
+        "input size", minimum=32, widget=Widget("slider", "Max image side", 128, 2048, 32), stage="image")
+    clip_size: int = option(
+        448, "long side of the image given to the one CLIP pass (sides rounded to the patch size)", minimum=32,
+        widget=Widget("slider", "CLIP input long side", 224, 1024, 16), stage="features")
+    severance: str = option(
+        "deop", "how the last block(s) are changed: DeOP's patch severance or a related method",
+        choices=_severance_names, widget=Widget("dropdown", "Patch severance variant"), stage="features")
+    n_severed: int = option(
+        1, "severed final blocks (DeOP's generalized severance uses more than one)", minimum=1,
+        widget=Widget("slider", "Severed final blocks", 1, 4, 1), stage="features")
+    templates: str = option(
+        "segmentation", "prompt templates averaged per class name (single is about 10x cheaper to encode)",
+        choices=_template_names, widget=Widget("dropdown", "Prompt templates"), stage="labels")
+    none_threshold: float = option(
+        0.0, '"none of these": segments whose best probability is below this stay unlabelled', minimum=0.0,
+        maximum=1.0, flag="--threshold", widget=Widget("slider", '"None of these" threshold', 0, 1), stage="labels")
+    fill_uncovered: bool = option(
+        True, "leave pixels no proposal covers unlabelled", flag="--no-fill",
+        widget=Widget("checkbox", "Fill uncovered pixels from the dense map"), stage="labels")
+    crop_margin: float = option(
+        0.1, "the crop baseline enlarges each mask's box by this fraction on every side", minimum=0.0,
+        stage="crops")
+    crop_batch_size: int = option(32, "crops per CLIP encode_image batch", minimum=1, stage="crops")
+    logit_scale: float = option(100.0, "CLIP's temperature for the softmax over classes", minimum=1e-6,
+                                stage="labels")
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
 
     def __post_init__(self) -> None:
-        if self.max_side < 32:
-            raise ValueError("max_side must be at least 32 pixels")
-        if self.clip_size < 32:
-            raise ValueError("clip_size must be at least 32 pixels")
-        if not 0.0 <= self.none_threshold <= 1.0:
-            raise ValueError("none_threshold is a probability between 0 and 1")
-        if self.crop_margin < 0 or self.crop_batch_size < 1 or self.n_severed < 1:
-            raise ValueError("crop_margin must be >= 0, crop_batch_size and n_severed >= 1")
+        _validate(self)
+        if not isinstance(self.proposals, ProposalConfig):
+            raise OptionError(f"proposals must be a ProposalConfig, got {type(self.proposals).__name__}")
 
     def with_overrides(self, **overrides: Any) -> SegmentOptions:
         """A copy with some fields changed; proposal fields may be given flat (points_per_side=8)."""
@@ -128,7 +284,7 @@ class SegmentOptions:
         proposal_keys = {f.name for f in fields(ProposalConfig)}
         unknown = set(overrides) - own - proposal_keys
         if unknown:
-            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+            raise UnknownOptionError(f"unknown option(s): {', '.join(sorted(unknown))}")
         prop = {k: v for k, v in overrides.items() if k in proposal_keys and k not in own}
         mine = {k: v for k, v in overrides.items() if k in own}
         if prop:
@@ -136,30 +292,42 @@ class SegmentOptions:
         return replace(self, **mine)
 
 
+# The options the app offers, in the order of the /segment API's inputs after image, vocabulary and method.
+APP_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "max_side", "severance",
+               "none_threshold", "fill_uncovered", "templates", "clip_size", "n_severed", "max_masks",
+               "min_mask_region_area", "box_nms_thresh")
+
+
+def request_options() -> dict[str, Option]:
+    """Every per-request option by name, a request's own and its proposals'."""
+    return {o.name: o for o in (*options_of(SegmentOptions), *options_of(ProposalConfig))}
+
+
+def option_value(options: SegmentOptions, name: str) -> Any:
+    """A request option's value, whether it belongs to the request or to its proposals."""
+    return getattr(options, name) if hasattr(options, name) else getattr(options.proposals, name)
+
+
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Which models to load and where.
+    """Which models to load and where."""
 
-    device: "auto" picks CUDA when present, else "cpu"; "cuda", "cuda:1", "mps" and "cpu" work too.
-    clip_model / clip_pretrained: an open_clip model name and pretrained tag. OpenAI's ViT-B/16 weights
-        need the QuickGELU config, hence the default name.
-    sam_kind: the proposal model: SAM "vit_b", "vit_l" or "vit_h", or SAM 2.1 "sam2.1_hiera_t", "_s", "_b+"
-        or "_l" (``deop.models.SAM_KINDS``; SAM 2.1 needs the optional sam2 package).
-    random_weights: build both models randomly initialised: real shapes and timings, meaningless labels.
-    half: run CLIP in float16 on a GPU, CUDA or MPS (ignored on the CPU, where float16 is slow).
-    checkpoint_dir: where SAM checkpoints live (default: ``checkpoints/`` beside the package).
-    download: fetch missing weights; when False a missing file is an error.
-    cache_size: how many images' proposals and features are kept for re-queries.
-    options: the default per-request options.
-    """
-
-    device: str = "auto"
-    clip_model: str = "ViT-B-16-quickgelu"
-    clip_pretrained: str = "openai"
-    sam_kind: str = "vit_b"
-    random_weights: bool = False
-    half: bool = False
-    checkpoint_dir: str | None = None
-    download: bool = True
-    cache_size: int = 8
+    device: str = option("auto", "auto (CUDA if present, then Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps",
+                         env="DEOP_DEVICE")
+    clip_model: str = option("ViT-B-16-quickgelu", "open_clip model name (OpenAI's ViT-B/16 weights need the "
+                             "QuickGELU config, hence the default)")
+    clip_pretrained: str = option("openai", "open_clip pretrained tag")
+    sam_kind: str = option("vit_b", "proposal model (deop.proposers.PROPOSERS): SAM vit_b/l/h, MobileSAM "
+                           "mobile_sam, or SAM 2.1 sam2.1_hiera_t/s/b+/l (the optional sam2 package)",
+                           choices=_proposer_names, flag="--sam", env="DEOP_SAM")
+    random_weights: bool = option(False, "randomly initialised models: no download, real timings, meaningless "
+                                  "labels", env="DEOP_RANDOM_WEIGHTS")
+    half: bool = option(False, "float16 CLIP on a GPU (CUDA or MPS; ignored on the CPU, where float16 is slow)")
+    checkpoint_dir: str | None = option(None, "where SAM checkpoints live (default: checkpoints/ beside the "
+                                        "package)", env="DEOP_CHECKPOINT_DIR")
+    download: bool = option(True, "fail instead of downloading missing weights", flag="--no-download")
+    cache_size: int = option(8, "how many images' proposals and features are kept for re-queries", minimum=0)
     options: SegmentOptions = field(default_factory=SegmentOptions)
+
+    def __post_init__(self) -> None:
+        _validate(self)

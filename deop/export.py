@@ -1,29 +1,75 @@
-"""Files a result is saved as, shared by the CLI and the app so both give the same downloads."""
+"""Every file a result is saved as (overlay and label PNGs, per-class mask ZIP, results JSON), with one
+filename rule, shared by the CLI and the app so both give the same downloads."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from . import render
+from .errors import OutputError
 from .models import RANDOM_WEIGHTS_WARNING
 from .result import SegmentationResult
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def safe_stem(name: str, fallback: str = "image") -> str:
-    """A file stem from an input name that cannot leave the output folder (no separators, no dot-dot)."""
-    stem = _UNSAFE.sub("_", Path(str(name)).stem).strip("._")[:100]
-    return stem or fallback
+def safe_name(name: str, fallback: str = "class", limit: int = 60) -> str:
+    """The one rule for a file-name part made from a user's text (a class name, an input file's stem): no
+    separators, no dots at all, so it cannot leave its folder or archive; never empty."""
+    return _UNSAFE.sub("_", str(name))[:limit] or fallback
 
 
-def primary_method(result: SegmentationResult) -> str:
-    return "one-pass" if "one-pass" in result.methods else next(iter(result.methods))
+def stem_of(name: str) -> str:
+    """An output stem from an input file name (``holiday.jpg`` → ``holiday``)."""
+    return safe_name(Path(str(name)).stem, fallback="image", limit=100)
+
+
+def label_image(label_map: np.ndarray, class_names: list[str]) -> Image.Image:
+    """A PNG-ready label image whose pixel value is the class index.
+
+    Up to 255 classes: mode "P", 255 = unlabelled (black), palette = ``palette(len(class_names))``, so it
+    opens as a colour picture and still reads back as indices. More classes cannot fit a byte, so the image
+    is 16-bit grey ("I;16", 65535 = unlabelled) and the JSON is what names the labels. The mode depends on
+    the vocabulary size, not on which classes happen to appear, so one vocabulary always gives one format.
+    """
+    n = len(class_names)
+    if n > 65535:
+        raise ValueError(f"{n} classes do not fit a 16-bit label image")
+    label_map = render.check_labels(label_map, n)
+    if n > 255:
+        return Image.fromarray(np.where(label_map < 0, 65535, label_map).astype(np.uint16))
+    img = Image.fromarray(np.where(label_map < 0, 255, label_map).astype(np.uint8))
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:n] = render.palette(n)
+    img.putpalette(lut.ravel().tolist())
+    return img
+
+
+def masks_zip(label_map: np.ndarray, class_names: list[str]) -> bytes:
+    """One 0/255 PNG per class present plus classes.json: for tools that want binary masks, not indices."""
+    label_map = render.check_labels(label_map, len(class_names))
+    counts = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(class_names))
+    listing = []
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i, name in enumerate(class_names):
+            file = f"{i}_{safe_name(name)}.png" if counts[i] else None
+            if file:
+                png = io.BytesIO()
+                Image.fromarray(((label_map == i) * 255).astype(np.uint8)).save(png, format="PNG")
+                zf.writestr(file, png.getvalue())
+            listing.append({"index": i, "name": name, "pixels": int(counts[i]), "file": file})
+        meta = {"height": int(label_map.shape[0]), "width": int(label_map.shape[1]),
+                "unlabelled_pixels": int((label_map < 0).sum()), "classes": listing}
+        zf.writestr("classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
+    return buf.getvalue()
 
 
 def overlay_image(image: np.ndarray, result: SegmentationResult, method: str) -> np.ndarray:
@@ -39,17 +85,23 @@ def write_json(result: SegmentationResult, path: Path) -> Path:
 def save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str) -> dict[str, Path]:
     """Writes <stem>_overlay.png, <stem>_labels.png and <stem>.json (the primary method: one-pass when it
     ran), plus <stem>_overlay_<method>.png and <stem>_labels_<method>.png for every other method."""
-    out_dir = Path(out_dir)
+    try:
+        return _save_result(image, result, Path(out_dir), stem)
+    except OSError as exc:
+        raise OutputError(f"cannot write the results into {out_dir}: {exc.strerror or exc}") from exc
+
+
+def _save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_stem(stem)
-    primary = primary_method(result)
+    stem = safe_name(stem, "image", 100)
+    primary = result.primary
     written: dict[str, Path] = {}
     for name in result.methods:
-        suffix = "" if name == primary else "_" + safe_stem(name)
+        suffix = "" if name == primary else "_" + safe_name(name, "method")
         overlay_path = out_dir / f"{stem}_overlay{suffix}.png"
         Image.fromarray(overlay_image(image, result, name)).save(overlay_path)
         labels_path = out_dir / f"{stem}_labels{suffix}.png"
-        render.label_image(result.methods[name].label_map, result.classes).save(labels_path)
+        label_image(result.methods[name].label_map, result.classes).save(labels_path)
         written[f"overlay{suffix}"] = overlay_path
         written[f"labels{suffix}"] = labels_path
     written["json"] = write_json(result, out_dir / f"{stem}.json")

@@ -19,14 +19,14 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 MAX_PIXELS = 50_000_000
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 
 
-class ImageError(ValueError):
-    """The input cannot be used as an image; the message is one line a user can act on."""
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, display_name: str | None = None) -> np.ndarray:
@@ -190,6 +190,26 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported array dtype {arr.dtype}: pass uint8, uint16, bool or floats in [0, 1]")
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def collect_images(inputs: list[str] | tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Image files from files and folders (folders non-recursive, sorted), and errors for missing paths."""
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                errors.append(f"{path}: no image files in this folder")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
 def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
     """Downscale so the longer side is ``max_side``; an image already small enough is returned as is."""
     if max_side < 1:
@@ -200,6 +220,20 @@ def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
     scale = max_side / max(height, width)
     size = (min(max_side, max(1, round(width * scale))), min(max_side, max(1, round(height * scale))))
     return np.array(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+
+def nearest_indices(n_from: int, n_to: int) -> np.ndarray:
+    """Source index of each of `n_to` positions when `n_from` positions are resized by nearest neighbour:
+    the one formula every label map, patch grid and mask in the package is resized with."""
+    return np.arange(n_to, dtype=np.int64) * n_from // n_to
+
+
+def nearest_resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer map by index arithmetic (no interpolation of labels)."""
+    h, w = array.shape[:2]
+    if (h, w) == tuple(shape):
+        return array
+    return array[nearest_indices(h, shape[0])[:, None], nearest_indices(w, shape[1])[None, :]]
 
 
 def image_key(image: np.ndarray) -> str:

@@ -1,5 +1,5 @@
-"""Everything that turns a result into pictures and files, kept apart from the models so the CLI, the app
-and the tests draw exactly the same thing without loading a network.
+"""Everything that turns a result into pictures (file formats are ``deop.export``'s), kept apart from the
+models so the CLI, the app and the tests draw exactly the same thing without loading a network.
 
 Label maps are (H, W) int arrays, -1 = unlabelled, otherwise an index into ``class_names``; images are
 (H, W, 3) uint8 RGB. All per-pixel work is vectorised; loops run over classes or legend entries only.
@@ -7,11 +7,7 @@ Label maps are (H, W) int arrays, -1 = unlabelled, otherwise an index into ``cla
 
 from __future__ import annotations
 
-import io
-import json
-import re
 import unicodedata
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,7 +21,6 @@ from PIL import Image, ImageDraw, ImageFont
 UNLABELLED = -1
 OUTLINE_COLOR = (255, 255, 255)
 BANNER_COLOR = (200, 30, 30)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_SHOWN_NAME = 40
 
 # Golden-ratio hue steps with a 3-cycle of saturation/value: neighbouring indices (often related classes)
@@ -58,7 +53,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def _check_labels(label_map: np.ndarray, n_classes: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def check_labels(label_map: np.ndarray, n_classes: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
     label_map = np.asarray(label_map)
     if label_map.ndim != 2 or not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"expected an (H, W) integer label map, got {label_map.dtype} {label_map.shape}")
@@ -154,7 +149,7 @@ def _text_strip(lines: list[str], width: int, size: int, bg, fg, center: bool = 
 
 def legend_entries(label_map: np.ndarray, class_names: list[str]) -> list[tuple[int, str, float]]:
     """(index, name, % of all pixels) for the classes present, largest first: the legend, and a table."""
-    label_map = _check_labels(label_map, len(class_names))
+    label_map = check_labels(label_map, len(class_names))
     counts = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(class_names))
     present = np.flatnonzero(counts)
     order = present[np.lexsort((present, -counts[present]))]
@@ -201,7 +196,7 @@ def overlay(image: np.ndarray, label_map: np.ndarray, class_names: list[str], al
     image = _as_rgb(image)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    label_map = _check_labels(label_map, len(class_names), image.shape[:2])
+    label_map = check_labels(label_map, len(class_names), image.shape[:2])
     colors = palette(len(class_names))
     out = image.copy()
     labelled = label_map >= 0
@@ -214,55 +209,6 @@ def overlay(image: np.ndarray, label_map: np.ndarray, class_names: list[str], al
     if legend:
         parts.append(_legend(legend_entries(label_map, class_names), colors, width))
     return np.ascontiguousarray(np.concatenate(parts, axis=0))
-
-
-# ------------------------------------------------------------------------------------------ label files
-
-
-def label_image(label_map: np.ndarray, class_names: list[str]) -> Image.Image:
-    """A PNG-ready label image whose pixel value is the class index.
-
-    Up to 255 classes: mode "P", 255 = unlabelled (black), palette = ``palette(len(class_names))``, so it
-    opens as a colour picture and still reads back as indices. More classes cannot fit a byte, so the image
-    is 16-bit grey ("I;16", 65535 = unlabelled) and the JSON is what names the labels. The mode depends on
-    the vocabulary size, not on which classes happen to appear, so one vocabulary always gives one format.
-    """
-    n = len(class_names)
-    if n > 65535:
-        raise ValueError(f"{n} classes do not fit a 16-bit label image")
-    label_map = _check_labels(label_map, n)
-    if n > 255:
-        return Image.fromarray(np.where(label_map < 0, 65535, label_map).astype(np.uint16))
-    img = Image.fromarray(np.where(label_map < 0, 255, label_map).astype(np.uint8))
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:n] = palette(n)
-    img.putpalette(lut.ravel().tolist())
-    return img
-
-
-def safe_name(name: str, limit: int = 60) -> str:
-    """A file-name part that cannot escape the archive: no separators, no dots at all, never empty."""
-    return _UNSAFE.sub("_", str(name))[:limit] or "class"
-
-
-def masks_zip(label_map: np.ndarray, class_names: list[str]) -> bytes:
-    """One 0/255 PNG per class present plus classes.json: for tools that want binary masks, not indices."""
-    label_map = _check_labels(label_map, len(class_names))
-    counts = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(class_names))
-    listing = []
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for i, name in enumerate(class_names):
-            file = f"{i}_{safe_name(name)}.png" if counts[i] else None
-            if file:
-                png = io.BytesIO()
-                Image.fromarray(((label_map == i) * 255).astype(np.uint8)).save(png, format="PNG")
-                zf.writestr(file, png.getvalue())
-            listing.append({"index": i, "name": name, "pixels": int(counts[i]), "file": file})
-        meta = {"height": int(label_map.shape[0]), "width": int(label_map.shape[1]),
-                "unlabelled_pixels": int((label_map < 0).sum()), "classes": listing}
-        zf.writestr("classes.json", json.dumps(meta, indent=2, ensure_ascii=False))
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------- heatmaps, highlights

@@ -71,8 +71,10 @@ class SegmentationResult:
     segment_map: (H, W) int32 proposal index per pixel (-1 none); segment i's mask is ``mask(i)``.
     similarity: (C, gh, gw) cosine similarity of each class with each CLIP patch (the heatmaps), when
         the dense pass ran.
-    agreement: when one-pass and crop both ran, the share of segments (and of segment pixels) they gave
+    comparison: the two methods compared side by side (method "both": one-pass, then crop), else None.
+    agreement: when both compared methods ran, the share of segments (and of segment pixels) they gave
         the same label.
+    pending: methods of this request still running (a streamed partial result); empty when complete.
 
     In JSON, ``segment_masks[i]`` is segment i's pixels as COCO RLE (``deop.rle.decode`` or pycocotools'
     ``mask.decode`` read it), so each segment of each method can be saved and evaluated with its label.
@@ -87,6 +89,13 @@ class SegmentationResult:
     random_weights: bool = False
     warnings: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    comparison: tuple[str, str] | None = None
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        """The method whose answer is shown first and saved without a suffix: the first one run."""
+        return next(iter(self.methods))
 
     def mask(self, index: int) -> np.ndarray:
         if self.segment_map is None:
@@ -94,16 +103,28 @@ class SegmentationResult:
         return self.segment_map == index
 
     def speedup(self, stage_set: str = "total") -> float | None:
-        """Crop time over one-pass time: end to end ("total") or for classification alone ("clip")."""
-        if not {"one-pass", "crop"} <= self.methods.keys() or not self.methods["crop"].segments:
+        """The compared baseline's time over the first method's (crop over one pass): end to end ("total")
+        or for the CLIP stages alone ("clip", image encoding and classification)."""
+        if self.comparison is None or not set(self.comparison) <= self.methods.keys():
+            return None
+        fast, baseline = (self.methods[n] for n in self.comparison)
+        if not baseline.segments:
             return None  # no proposals: nothing was compared
 
         def cost(m: MethodResult) -> float:
             t = m.first_run_timings or m.timings
             return t["total"] if stage_set == "total" else t["image_encoding"] + t["classification"]
 
-        one, crop = cost(self.methods["one-pass"]), cost(self.methods["crop"])
+        one, crop = cost(fast), cost(baseline)
         return crop / one if one > 0 else None
+
+    def comparison_summary(self) -> Comparison | None:
+        """The speed-up in words' ingredients, for the app's readout and the CLI's timing line alike."""
+        clip = self.speedup("clip")
+        if not clip:
+            return None
+        n = len(self.methods[self.comparison[1]].segments)
+        return Comparison(clip, self.speedup("total"), n, one_pass_won=clip >= 1)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,3 +142,28 @@ class SegmentationResult:
             out["agreement"] = self.agreement
             out["speedup"] = {"total": self.speedup("total"), "clip": self.speedup("clip")}
         return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One pass against the crop baseline on one image: the CLIP-stage and end-to-end ratios (crop time
+    over one-pass time) and how many segments they classified. With few segments the crops can win."""
+
+    clip: float
+    total: float | None
+    n_segments: int
+    one_pass_won: bool
+
+    @property
+    def segments(self) -> str:
+        return f"{self.n_segments} segment{'' if self.n_segments == 1 else 's'}"
+
+
+def agreement(a: MethodResult, b: MethodResult) -> dict[str, float]:
+    """Share of segments, and of their pixels, that two methods labelled the same."""
+    if not a.segments:
+        return {"segments": 1.0, "pixels": 1.0, "n_segments": 0}
+    same = np.array([x.label == y.label for x, y in zip(a.segments, b.segments)])
+    area = np.array([x.area for x in a.segments], dtype=np.float64)
+    return {"segments": float(same.mean()), "pixels": float((same * area).sum() / max(area.sum(), 1.0)),
+            "n_segments": len(same)}

@@ -11,14 +11,16 @@ import numpy as np
 
 from . import render
 from .errors import USER_ERRORS
-from .export import primary_method, save_result
-from .models import SAM2_MODELS, model_title
+from .export import masks_zip, save_result
+from .methods import METHOD_TITLES, METHODS
+from .pipeline import Segmenter
+from .proposers import PROPOSERS
 from .result import STAGES, SegmentationResult
-from .sam2_backend import available as sam2_available
-from .segmenter import Segmenter
 
-METHOD_TITLES = {"one-pass": "One pass (DeOP)", "crop": "Crop baseline", "dense": "Dense (no SAM)"}
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "deop-app"
+# What /segment returns, in order (then the inspector's hint and the session state, which API clients do
+# not see): read a client's answer with ``dict(zip(SEGMENT_OUTPUTS, client.predict(...)))``.
+SEGMENT_OUTPUTS = ("one_pass", "crop", "latency", "chart", "files", "heatmap_classes", "inspect")
 
 
 class ModelLoader:
@@ -49,19 +51,18 @@ class ModelLoader:
         if self.error:
             return f"**Models could not be loaded.** {self.error}"
         weights = "random weights" if c.random_weights else f"{c.clip_pretrained} weights"
-        return (f"Ready: CLIP {c.clip_model} ({weights}) and {model_title(c.sam_kind)} on "
+        return (f"Ready: CLIP {c.clip_model} ({weights}) and {self.segmenter.proposer_spec.title} on "
                 f"{self.segmenter.device}")
 
 
 def proposal_models(segmenter: Segmenter) -> list[tuple[str, str]]:
-    """(title, kind) of the proposal models the app offers: the configured one first, then the other
-    family's smallest (SAM vit_b, or SAM 2.1 Hiera-T when the sam2 package is installed), so SAM and
-    SAM 2.1 can be compared on the same image. Larger models stay a ``--sam`` choice: one click should not
+    """(title, name) of the proposal models the app offers: the configured one first, then every model
+    marked ``in_app`` in the registry whose package is installed (the small ones of each family), so they
+    can be compared on the same image. Larger models stay a ``--sam`` choice: one click should not
     download and hold gigabytes on a shared server."""
     kind = segmenter.config.sam_kind
-    other = "vit_b" if kind in SAM2_MODELS else ("sam2.1_hiera_t" if sam2_available() else None)
-    kinds = [kind] + ([other] if other and other != kind else [])
-    return [(model_title(k), k) for k in kinds]
+    kinds = [kind] + [name for name, spec in PROPOSERS.items() if spec.in_app and name != kind and spec.available()]
+    return [(PROPOSERS[k].title, k) for k in kinds]
 
 
 class SegmenterPool:
@@ -83,6 +84,24 @@ class SegmenterPool:
             return self._by_kind[kind]
 
 
+def segment_views(image: np.ndarray, result: SegmentationResult) -> dict[str, object]:
+    """Everything /segment shows for a result, by ``SEGMENT_OUTPUTS`` name: the first method's overlay,
+    the compared method's (None when there is none), the latency table and chart, the downloads, the
+    heatmap's class choices and the inspector's picture."""
+    second = result.comparison[1] if result.comparison else None
+    return {
+        "one_pass": (image, annotations(result, result.primary)),
+        "crop": (image, annotations(result, second)) if second in result.methods else None,
+        "latency": latency_markdown(result), "chart": chart(result), "files": downloads(image, result),
+        "heatmap_classes": list(result.classes), "inspect": inspect_view(image, result),
+    }
+
+
+def outputs_by_name(values: tuple | list) -> dict[str, object]:
+    """A gradio_client answer of /segment by output name."""
+    return dict(zip(SEGMENT_OUTPUTS, values))
+
+
 def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:
     """(mask, class name) pairs for gr.AnnotatedImage, one per class present, largest first."""
     label_map = result.methods[method].label_map
@@ -99,14 +118,14 @@ def latency_markdown(result: SegmentationResult) -> str:
                  for n in names]
         rows.append(f"| {stage.replace('_', ' ')} | " + " | ".join(cells) + " |")
     lines = ["\n".join(rows)]
-    speedup = result.speedup("clip")
-    if speedup:
-        segments = _count(len(result.methods["crop"].segments), "segment")
-        if speedup >= 1:
-            lines.append(f"**One CLIP pass is {speedup:.1f}x faster than one pass per crop** "
-                         f"(CLIP stages; {result.speedup('total'):.1f}x end to end, {segments}).")
+    summary = result.comparison_summary()
+    if summary:
+        segments = summary.segments
+        if summary.one_pass_won:
+            lines.append(f"**One CLIP pass is {summary.clip:.1f}x faster than one pass per crop** "
+                         f"(CLIP stages; {summary.total:.1f}x end to end, {segments}).")
         else:  # few masks: say so plainly rather than print "0.4x faster"
-            lines.append(f"**The crop baseline was {1 / speedup:.1f}x faster here**: with only {segments}, "
+            lines.append(f"**The crop baseline was {1 / summary.clip:.1f}x faster here**: with only {segments}, "
                          "encoding the crops costs less than one pass over the whole image. One pass wins as "
                          "the masks grow: its cost is flat in their number, each crop costs an encoder pass.")
     if result.agreement:
@@ -136,8 +155,7 @@ def downloads(image: np.ndarray, result: SegmentationResult) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=OUTPUT_ROOT))
     written = save_result(image, result, folder, "segmentation")
     zip_path = folder / "segmentation_masks.zip"
-    method = primary_method(result)
-    zip_path.write_bytes(render.masks_zip(result.methods[method].label_map, result.classes))
+    zip_path.write_bytes(masks_zip(result.methods[result.primary].label_map, result.classes))
     return [str(p) for p in written.values()] + [str(zip_path)]
 
 
@@ -151,7 +169,7 @@ def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) 
 def inspect_view(image: np.ndarray, result: SegmentationResult) -> np.ndarray:
     """The main method's overlay at the image's own size (no legend or banner strip, so a click's pixel
     position is a position in the label map). Rendered once per result; clicks only highlight it."""
-    return render.overlay(image, result.methods[primary_method(result)].label_map, result.classes, legend=False)
+    return render.overlay(image, result.methods[result.primary].label_map, result.classes, legend=False)
 
 
 def highlight_at(view: np.ndarray, result: SegmentationResult, x: int, y: int) -> np.ndarray:
@@ -177,7 +195,7 @@ def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     if index is None:
         return "No segment here (this pixel was filled from the dense map)."
     lines = [f"**Segment {index}** ({result.methods[m].segments[index].area} px)" for m in result.methods
-             if m != "dense"][:1]
+             if METHODS[m].uses_proposals][:1]
     for name, m in result.methods.items():
         if m.segments:
             top = ", ".join(f"{c} {p:.2f}" for c, p in m.segments[index].top5)
@@ -191,8 +209,7 @@ def class_segments(result: SegmentationResult, class_name: str, limit: int = 5) 
     if class_name not in result.classes:
         return "Click a coloured region to see its segments' top-5 classes."
     index = result.classes.index(class_name)
-    method = primary_method(result)
-    segments = sorted((s for s in result.methods[method].segments if s.label == index), key=lambda s: -s.area)
+    segments = sorted((s for s in result.methods[result.primary].segments if s.label == index), key=lambda s: -s.area)
     if not segments:
         return f"**{class_name}** comes from the dense per-pixel map here, not from a SAM segment."
     lines = [f"**{class_name}**: {_count(len(segments), 'segment')}"]

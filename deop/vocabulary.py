@@ -23,6 +23,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .errors import VocabularyError
 from .presets import PRESETS
 
 MAX_CLASSES = 1000
@@ -37,8 +38,6 @@ _INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff\u20
 _PRESET_LIST = ", ".join(f"@{name}" for name in PRESETS)
 
 
-class VocabularyError(ValueError):
-    """A vocabulary the user has to fix; the message is one line, fit to show as it is."""
 
 
 @dataclass(frozen=True)

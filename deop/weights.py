@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
+
+from .errors import WeightsError
 
 CHUNK = 1 << 20
 ALLOWED_SCHEMES = ("http", "https", "file")
@@ -40,32 +41,22 @@ def seeded_init(seed: int = RANDOM_SEED) -> Iterator[None]:
     """Build models under this for the same random weights on every run: masks, labels and timings of
     --random-weights then repeat from one launch to the next (a benchmark can be re-run and compared),
     and the caller's own random state is left as it was. Models are initialised on the CPU."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
-class WeightsError(RuntimeError):
-    """Weights are missing, unreachable or corrupt; the message says how to fix it by hand."""
-
-
 @dataclass(frozen=True)
 class Checkpoint:
-    kind: str
+    """A checkpoint file at a URL with its published SHA-256 (SAM's, MobileSAM's), kept in the checkpoint
+    folder."""
+
     url: str
     filename: str
     sha256: str
-
-
-_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-SAM_CHECKPOINTS: dict[str, Checkpoint] = {
-    "vit_b": Checkpoint("vit_b", _SAM_URL + "sam_vit_b_01ec64.pth", "sam_vit_b_01ec64.pth",
-                        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    "vit_l": Checkpoint("vit_l", _SAM_URL + "sam_vit_l_0b3195.pth", "sam_vit_l_0b3195.pth",
-                        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    "vit_h": Checkpoint("vit_h", _SAM_URL + "sam_vit_h_4b8939.pth", "sam_vit_h_4b8939.pth",
-                        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
-}
+    source: str = ""  # where the checksum was published, for the README and error messages
 
 # Hashing a 2.5 GB checkpoint takes seconds; a file whose (path, size, mtime_ns) is unchanged keeps its hash.
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -166,32 +157,39 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
             tmp.unlink(missing_ok=True)
 
 
-def ensure_sam_checkpoint(kind: str, checkpoint_dir: Path | None = None, download_missing: bool = True,
-                          progress: bool = True, checkpoints: dict[str, Checkpoint] | None = None) -> Path:
-    """The path of a verified SAM checkpoint, fetching it (again, when corrupt) if allowed."""
-    table = SAM_CHECKPOINTS if checkpoints is None else checkpoints
-    if kind not in table:
-        raise WeightsError(f"unknown SAM checkpoint {kind!r}; known kinds: {', '.join(table)}")
-    ckpt = table[kind]
+def ensure_checkpoint(ckpt: Checkpoint, title: str, checkpoint_dir: Path | None = None,
+                      download_missing: bool = True, progress: bool = True) -> Path:
+    """The path of a verified checkpoint in the checkpoint folder, fetching it (again, when corrupt) if
+    allowed. `title` names the model in messages ("SAM vit_b")."""
     path = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
     path = path / ckpt.filename
     if path.is_file():
         if _cached_sha256(path) == ckpt.sha256.lower():
             return path
         if not download_missing:
-            raise WeightsError(f"the SAM {kind} checkpoint at {path} is corrupt or truncated (SHA-256 "
+            raise WeightsError(f"the {title} checkpoint at {path} is corrupt or truncated (SHA-256 "
                                "mismatch) and downloads are off. Delete it, then "
                                + _manual_hint(ckpt.url, path))
-        warnings.warn(f"the SAM {kind} checkpoint at {path} is corrupt or truncated (SHA-256 mismatch); "
+        warnings.warn(f"the {title} checkpoint at {path} is corrupt or truncated (SHA-256 mismatch); "
                       "downloading it again", stacklevel=2)
     elif not download_missing:
-        raise WeightsError(f"the SAM {kind} checkpoint is missing: no file at {path}, and downloads are off. "
+        raise WeightsError(f"the {title} checkpoint is missing: no file at {path}, and downloads are off. "
                            + _manual_hint(ckpt.url, path))
     return download(ckpt.url, path, ckpt.sha256, progress=progress)
 
 
+def ensure_weights(source: Checkpoint | HubCheckpoint, title: str, checkpoint_dir: Path | None = None,
+                   download_missing: bool = True) -> Path:
+    """A verified local copy of a model's weights, wherever they are published."""
+    if isinstance(source, HubCheckpoint):
+        return ensure_hub_checkpoint(source, checkpoint_dir, download_missing)
+    return ensure_checkpoint(source, title, checkpoint_dir, download_missing)
+
+
 def load_state_dict(path: Path) -> dict:
     """Read a state dict without running pickled code (weights_only), so a tampered file cannot execute."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip, EOF and unsafe-global errors all mean the same thing to a user
@@ -275,3 +273,15 @@ def ensure_hub_checkpoint(ckpt: HubCheckpoint, checkpoint_dir: Path | None = Non
                       "it again", stacklevel=2)
     raise WeightsError(f"the cached {ckpt.filename} at {path} is corrupt (SHA-256 differs from the one the "
                        "Hugging Face Hub declared). Delete it, then " + _manual_hint(ckpt.url, local))
+
+
+def load_into(model, path: Path, title: str, key: str | None = None) -> None:
+    """Load a checkpoint (``state[key]`` when the file nests it) into `model` with strict keys; a file of
+    another model is a clear error, not a traceback."""
+    state = load_state_dict(path)
+    if key is not None:
+        state = state.get(key, state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # wrong keys or shapes: a file of another kind
+        raise WeightsError(f"{path} does not hold {title} weights ({exc}); delete it to fetch it again") from exc

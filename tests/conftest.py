@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deop import ProposalConfig, Segmenter, SegmenterConfig, SegmentOptions
-from deop.app_bench import free_port
+from deop.bench.app import free_port
 
 torch.manual_seed(0)
 
@@ -41,8 +41,15 @@ def clip(segmenter):
 
 
 @pytest.fixture(scope="session")
-def tiny_sam(segmenter):
-    return segmenter.sam
+def proposer(segmenter):
+    """The tiny random SAM as the pipeline runs it (``deop.proposers.Proposer``)."""
+    return segmenter.proposer
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(proposer):
+    """The same network as segment_anything built it, for its stock generator."""
+    return proposer.model
 
 
 def scene(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import scene
-from deop import app_bench
-from deop.app_bench import (
+from deop.bench import app as app_bench
+from deop.bench.app import (
     AppBenchError,
     AppRecord,
     Case,
@@ -19,7 +19,7 @@ from deop.app_bench import (
     stage_seconds,
     summarise,
 )
-from deop.cli import main
+from deop.commands import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_APP = "--random-weights --sam tiny --points-per-side 4 --max-side 256 --clip-size 224 --templates single"

@@ -79,9 +79,9 @@ def test_gpu_out_of_memory_is_a_message_and_the_next_request_works(client, good_
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    import deop.segmenter
+    from deop.proposers import Proposer
 
-    real = deop.segmenter.generate_proposals
+    real = Proposer.propose
     calls = []
 
     def out_of_memory_once(*args, **kwargs):
@@ -90,7 +90,7 @@ def test_gpu_out_of_memory_is_a_message_and_the_next_request_works(client, good_
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(deop.segmenter, "generate_proposals", out_of_memory_once)
+    monkeypatch.setattr(Proposer, "propose", out_of_memory_once)
     with pytest.raises(AppError, match="ran out of memory"):
         client.predict(handle_file(good_image), "sky, grass", "one-pass", 13, api_name="/segment")
     out = client.predict(handle_file(good_image), "sky, grass", "one-pass", 13, api_name="/segment")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from deop.bench import Bench, synthetic_proposals
-from deop.bench_report import evaluate_targets, format_table, targets_record, write_json, write_plot
+from deop.bench.measure import Bench, synthetic_proposals
+from deop.bench.report import evaluate_targets, format_table, targets_record, write_json, write_plot
 
 REQUIRED = {"kind", "method", "n_masks", "image_size", "seconds_median", "seconds_min", "seconds_max", "device",
             "torch_threads", "clip_model", "sam_model", "peak_rss_mb"}
@@ -101,20 +101,23 @@ def test_other_backends_do_not_stand_in_for_the_main_model_in_targets():
 
 
 def test_backend_flag():
-    from deop.bench import _backends
-    from deop.sam2_backend import available
+    from deop.commands.bench import _backends
+    from deop.errors import OptionError
+    from deop.proposers import PROPOSERS
 
-    assert _backends(None, quick=True) == () and _backends("none", quick=False) == ()
-    assert _backends(None, quick=False) == (("sam2.1_hiera_t",) if available() else ())
-    assert _backends("vit_b, tiny", quick=True) == ("vit_b", "tiny")
-    with pytest.raises(ValueError, match="unknown proposal model"):
-        _backends("sam3", quick=False)
+    offered = tuple(n for n, s in PROPOSERS.items() if s.in_app and n != "vit_b" and s.available())
+    assert _backends(None, quick=True, main="vit_b") == () and _backends("none", quick=False, main="vit_b") == ()
+    assert _backends(None, quick=False, main="vit_b") == offered
+    assert ("sam2.1_hiera_t" in offered) == PROPOSERS["sam2.1_hiera_t"].available()
+    assert _backends("vit_b, tiny", quick=True, main="vit_b") == ("vit_b", "tiny")
+    with pytest.raises(OptionError, match="unknown proposal model"):
+        _backends("sam3", quick=False, main="vit_b")
 
 
 def test_backend_records_carry_their_model(segmenter):
-    from deop.sam2_backend import available
+    from deop.proposers import PROPOSERS
 
-    if not available():
+    if not PROPOSERS["sam2.1_hiera_t"].available():
         pytest.skip("the optional sam2 package is not installed")
     bench = Bench(segmenter, repeats=1, warmup=0)
     records = [r.to_dict() for r in bench.backends(["sam2.1_hiera_t"], configs=[("fast", 2)])]
@@ -127,7 +130,7 @@ def test_backend_records_carry_their_model(segmenter):
 def test_plan_runs_other_backends_at_the_main_models_settings():
     import argparse
 
-    from deop.bench import add_parser, plan, steps
+    from deop.commands.bench import add_parser, plan, steps
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

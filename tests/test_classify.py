@@ -18,7 +18,7 @@ from deop.classify import (
     pool_segments,
     probabilities,
 )
-from deop.proposals import resolve_overlaps
+from deop.proposers import resolve_overlaps
 
 
 def test_crop_baseline_on_whole_image_equals_encode_image(clip):

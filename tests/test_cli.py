@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import scene
 from deop import rle
-from deop.cli import main
+from deop.commands import main
 
 SMALL = ["--random-weights", "--device", "cpu", "--sam", "tiny", "--points-per-side", "4", "--pred-iou-thresh", "0",
          "--stability-score-thresh", "0", "--max-side", "256", "--clip-size", "224"]
@@ -96,7 +96,7 @@ def test_module_entry_point_runs(tmp_path):
 
 
 def test_output_names_cannot_escape_the_output_folder(tmp_path):
-    from deop.cli import unique_stems
+    from deop.commands.segment import unique_stems
 
     stems = unique_stems([Path("../../etc/passwd"), Path("a/x.png"), Path("b/x.png"), Path("..png")])
     assert stems[1:3] == ["x", "x_1"]
@@ -104,7 +104,8 @@ def test_output_names_cannot_escape_the_output_folder(tmp_path):
 
 
 def test_random_weight_runs_keep_every_mask_unless_thresholds_are_given():
-    from deop.cli import build_parser, options_from_args
+    from deop.arguments import options_from_args
+    from deop.commands import build_parser
 
     parser = build_parser()
     base = ["segment", "x.png", "--classes", "cat"]
@@ -122,7 +123,7 @@ def test_random_weight_runs_keep_every_mask_unless_thresholds_are_given():
     (3, 2.0, "one-pass CLIP stage 4.0x faster than crops"),
 ])
 def test_timing_line_says_who_won(n_segments, crop_seconds, expected):
-    from deop.cli import timing_line
+    from deop.commands.segment import timing_line
     from deop.result import MethodResult, Segment, SegmentationResult
 
     def method(name: str, image_seconds: float) -> MethodResult:
@@ -132,12 +133,13 @@ def test_timing_line_says_who_won(n_segments, crop_seconds, expected):
         return MethodResult(name, np.zeros((2, 2), np.int32), segments, timings)
 
     result = SegmentationResult(["a"], (2, 2), {"one-pass": method("one-pass", 0.5),
-                                                "crop": method("crop", crop_seconds)})
+                                                "crop": method("crop", crop_seconds)}, comparison=("one-pass", "crop"))
     assert timing_line(result).endswith(expected)
 
 
 def test_every_sam_option_flag_reaches_the_proposal_config():
-    from deop.cli import build_parser, options_from_args
+    from deop.arguments import options_from_args
+    from deop.commands import build_parser
 
     flags = {"--points-per-side": ("points_per_side", 7), "--points-per-batch": ("points_per_batch", 9),
              "--pred-iou-thresh": ("pred_iou_thresh", 0.31),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deop.dense_clip import SEVERANCE_VARIANTS, Severance, _run_blocks, encode_dense, resize_pos_embed
+from deop.clip.dense import _run_blocks, encode_dense, resize_pos_embed
+from deop.clip.severance import SEVERANCE_VARIANTS, Severance
 
 
 @pytest.fixture(scope="module")

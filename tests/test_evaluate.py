@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import scene
-from deop import evaluate
-from deop.cli import main
-from deop.evaluate import ConfusionMatrix, Pair, load_label, read_classes
+from deop import evaluation as evaluate
+from deop.commands import main
+from deop.evaluation import ConfusionMatrix, Pair, load_label, read_classes
 
 
 def test_iou_by_hand():

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deop.models import SAM_BUILDERS, ModelCache, build_clip, build_sam, resolve_device
-from deop.weights import WeightsError
+from deop.clip.model import build_clip
+from deop.errors import OptionError, WeightsError
+from deop.models import ModelCache, resolve_device
+from deop.proposers import PROPOSERS, get_proposer
+
+
+def build_sam(kind: str, random_weights: bool = True):
+    spec = get_proposer(kind)
+    return spec.family.build(spec, random_weights, None, True)
 
 
 def test_auto_device_is_cpu_without_a_gpu():
@@ -15,8 +22,10 @@ def test_auto_device_is_cpu_without_a_gpu():
         expected = "mps"
     assert resolve_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        with pytest.raises(OptionError, match="no CUDA GPU"):
             resolve_device("cuda")
+    with pytest.raises(OptionError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
 
 
 def test_models_load_once_per_key():
@@ -37,19 +46,19 @@ def test_segmenter_models_are_shared(segmenter):
     from deop import Segmenter
 
     other = Segmenter(segmenter.config)
-    assert other.clip is segmenter.clip and other.sam is segmenter.sam
+    assert other.clip is segmenter.clip and other.proposer.model is segmenter.proposer.model
 
 
 def test_tiny_sam_needs_random_weights():
-    with pytest.raises(ValueError, match="only with random weights"):
-        build_sam("tiny", torch.device("cpu"), random_weights=False)
-    with pytest.raises(ValueError, match="unknown SAM model"):
-        build_sam("vit_x", torch.device("cpu"), random_weights=True)
-    assert {"vit_b", "vit_l", "vit_h"} <= set(SAM_BUILDERS)
+    with pytest.raises(OptionError, match="only with random weights"):
+        build_sam("tiny", random_weights=False)
+    with pytest.raises(OptionError, match="unknown proposal model 'vit_x'"):
+        build_sam("vit_x")
+    assert {"vit_b", "vit_l", "vit_h"} <= set(PROPOSERS)
 
 
 def test_unknown_clip_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown CLIP model"):
+    with pytest.raises(OptionError, match="unknown CLIP model"):
         build_clip("ViT-Nope", None, torch.device("cpu"))
 
 
@@ -70,11 +79,11 @@ def test_sam_checkpoint_loads_through_the_safe_path(tmp_path):
     """A checkpoint written from a random tiny SAM's state dict loads back into vit_b's loader path."""
     from deop import weights
 
-    model = build_sam("tiny", torch.device("cpu"), random_weights=True)
+    model = build_sam("tiny")
     path = tmp_path / "tiny.pth"
     torch.save(model.state_dict(), path)
     state = weights.load_state_dict(path)
-    fresh = SAM_BUILDERS["tiny"]()
+    fresh = get_proposer("tiny").family._new(get_proposer("tiny"))
     fresh.load_state_dict(state)
     for a, b in zip(fresh.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
@@ -85,7 +94,7 @@ def test_lean_attention_equals_sam_attention(budget):
     """The chunked attention is SAM's own, to float rounding, with non-zero relative position tables."""
     from segment_anything.modeling.image_encoder import Attention
 
-    from deop.lean_attention import LeanAttention, lean_sam_attention
+    from deop.proposers.lean_attention import LeanAttention, lean_sam_attention
 
     torch.manual_seed(0)
     stock = Attention(32, num_heads=4, use_rel_pos=True, input_size=(8, 8))
@@ -103,11 +112,11 @@ def test_lean_attention_equals_sam_attention(budget):
 def test_built_sam_uses_lean_attention(tiny_sam):
     from segment_anything.modeling.image_encoder import Attention
 
-    from deop.lean_attention import LeanAttention
+    from deop.proposers.lean_attention import LeanAttention
 
     attentions = [m for m in tiny_sam.image_encoder.modules() if isinstance(m, Attention)]
     assert attentions and all(isinstance(m, LeanAttention) for m in attentions)
-    from deop.lean_attention import stock_attention
+    from deop.proposers.lean_attention import stock_attention
 
     with stock_attention(tiny_sam):  # the bench's reference: SAM exactly as shipped, then back
         assert all(type(m) is Attention for m in attentions)
@@ -123,7 +132,7 @@ def test_random_weights_repeat_across_builds_and_leave_the_callers_rng_alone():
     """--random-weights runs are reproducible from one launch to the next (same masks, labels, timings)."""
     cpu = torch.device("cpu")
     state = torch.get_rng_state()
-    sam_a, sam_b = build_sam("tiny", cpu, random_weights=True), build_sam("tiny", cpu, random_weights=True)
+    sam_a, sam_b = build_sam("tiny"), build_sam("tiny")
     clip_a, clip_b = build_clip("ViT-B-16-quickgelu", None, cpu), build_clip("ViT-B-16-quickgelu", None, cpu)
     assert torch.equal(torch.get_rng_state(), state)
     assert _same_weights(sam_a, sam_b) and _same_weights(clip_a.model, clip_b.model)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import deop.models
 from conftest import SMALL_CONFIG, scene
 from deop import Segmenter
+from deop.clip.model import build_clip
 from deop.models import ModelCache
 
 pytestmark = pytest.mark.slow
@@ -29,17 +29,17 @@ def results(segmenter):
     """(float32, float16) results of the same image, vocabulary, weights and proposals."""
     full = segmenter.clip
     half = replace(full, model=copy.deepcopy(full.model).half())  # what build_clip(half=True) makes on a GPU
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(deop.models, "build_clip", lambda *args: half)
-        mp.setattr(deop.models, "build_sam", segmenter.models.sam)  # the session's SAM: same proposals
-        half_segmenter = Segmenter(replace(SMALL_CONFIG, half=True), models=ModelCache())
-        assert half_segmenter.clip.dtype == torch.float16
-        # NMS off: a random SAM's masks overlap so much that NMS would leave one segment to compare;
-        # 8 of them and one prompt template: float16 is slow on a CPU
-        image, vocabulary = scene(seed=21), "sky, grass, red ball, brown box, tree"
-        options = {"box_nms_thresh": 1.0, "max_masks": 8, "templates": "single"}
-        return (segmenter.segment(image, vocabulary, method="both", **options),
-                half_segmenter.segment(image, vocabulary, method="both", **options))
+    models = ModelCache()
+    models.clip = lambda *args: half
+    models.proposer = segmenter.models.proposer  # the session's SAM: same proposals
+    half_segmenter = Segmenter(replace(SMALL_CONFIG, half=True), models=models)
+    assert half_segmenter.clip.dtype == torch.float16
+    # NMS off: a random SAM's masks overlap so much that NMS would leave one segment to compare;
+    # 8 of them and one prompt template: float16 is slow on a CPU
+    image, vocabulary = scene(seed=21), "sky, grass, red ball, brown box, tree"
+    options = {"box_nms_thresh": 1.0, "max_masks": 8, "templates": "single"}
+    return (segmenter.segment(image, vocabulary, method="both", **options),
+            half_segmenter.segment(image, vocabulary, method="both", **options))
 
 
 def test_float16_results_come_out_as_float32(results):
@@ -71,5 +71,5 @@ def test_float16_matches_float32_to_its_precision(results):
 
 
 def test_half_is_ignored_on_the_cpu():
-    clip = deop.models.build_clip("ViT-B-16-quickgelu", None, torch.device("cpu"), half=True)
+    clip = build_clip("ViT-B-16-quickgelu", None, torch.device("cpu"), half=True)
     assert clip.dtype == torch.float32

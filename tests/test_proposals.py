@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from conftest import SMALL_PROPOSALS, scene
 from deop.config import ProposalConfig
-from deop.proposals import Float32Coords, generate_proposals, resolve_overlaps, sam_generator, segment_boxes
+from deop.errors import OptionError
+from deop.proposers import resolve_overlaps, segment_boxes
+from deop.proposers.sam import SAM
 
 
 @pytest.fixture(scope="module")
@@ -21,53 +22,52 @@ def stock_masks(tiny_sam):
     return image, stock.generate(image)
 
 
-def test_generator_equals_stock_sam(tiny_sam, stock_masks):
+def test_generator_equals_stock_sam(proposer, stock_masks):
     image, stock = stock_masks
-    ours = sam_generator(tiny_sam, SMALL_PROPOSALS).generate(image)
+    ours = proposer.masks(image, SMALL_PROPOSALS).to_records()
     assert len(stock) > 0 and len(ours) == len(stock)
     for a, b in zip(ours, stock):
         np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
         assert a["predicted_iou"] == b["predicted_iou"]
 
 
-def _point_dtypes(generator) -> list[torch.dtype]:
+def _point_dtypes(monkeypatch) -> list[torch.dtype]:
     """Record the dtype of the points each batch sends to the model."""
-    seen, predict = [], generator.predictor.predict_torch
+    seen, predict = [], SamPredictor.predict_torch
 
-    def spy(point_coords, *args, **kwargs):
+    def spy(self, point_coords, *args, **kwargs):
         seen.append(point_coords.dtype)
-        return predict(point_coords, *args, **kwargs)
+        return predict(self, point_coords, *args, **kwargs)
 
-    generator.predictor.predict_torch = spy
+    monkeypatch.setattr(SamPredictor, "predict_torch", spy)
     return seen
 
 
-def test_on_mps_the_points_go_to_sam_as_float32(tiny_sam, stock_masks, monkeypatch):
+def test_on_mps_the_points_go_to_sam_as_float32(proposer, stock_masks, monkeypatch):
     """MPS has no float64 and SAM's stock generator sends float64 points (segment-anything #94). No Mac
-    here: the choice is checked with the device reported as MPS, and the float32 path runs on the CPU,
-    where it must give the stock generator's masks."""
-    monkeypatch.setattr(SamPredictor, "device", property(lambda self: torch.device("mps")))
-    assert isinstance(sam_generator(tiny_sam, SMALL_PROPOSALS).predictor.transform, Float32Coords)
-    monkeypatch.undo()
+    here: the choice is checked for an MPS device, and the float32 path runs on the CPU, where it must give
+    the stock generator's masks; elsewhere the points stay float64, as stock sends them."""
+    from deop.proposers.sam import needs_float32_points
+
+    assert needs_float32_points(torch.device("mps")) and not needs_float32_points(torch.device("cpu"))
+    assert not needs_float32_points(torch.device("cuda"))
     image, stock = stock_masks
-    plain = sam_generator(tiny_sam, SMALL_PROPOSALS)
-    assert type(plain.predictor.transform) is ResizeLongestSide  # elsewhere: untouched, exact stock masks
-    plain_dtypes = _point_dtypes(plain)
-    plain.generate(image)
+    plain_dtypes = _point_dtypes(monkeypatch)
+    proposer.masks(image, SMALL_PROPOSALS)
     assert set(plain_dtypes) == {torch.float64}  # what MPS refuses
-    forced = sam_generator(tiny_sam, SMALL_PROPOSALS)
-    forced.predictor.transform = Float32Coords(forced.predictor.transform.target_length)
-    dtypes = _point_dtypes(forced)
-    ours = forced.generate(image)
+    monkeypatch.undo()
+    dtypes = _point_dtypes(monkeypatch)
+    with torch.inference_mode():
+        ours = SAM.generate(proposer.model, image, SMALL_PROPOSALS, float32_points=True).to_records()
     assert dtypes and set(dtypes) == {torch.float32}
     assert len(ours) == len(stock)
     for a, b in zip(ours, stock):  # float32 rounding may at most move a pixel on a mask's edge
         assert (a["segmentation"] != b["segmentation"]).mean() < 1e-3
 
 
-def test_resolved_proposals_are_disjoint_and_cover_the_union(tiny_sam, stock_masks):
+def test_resolved_proposals_are_disjoint_and_cover_the_union(proposer, stock_masks):
     image, stock = stock_masks
-    props = generate_proposals(tiny_sam, image, SMALL_PROPOSALS)
+    props = proposer.propose(image, SMALL_PROPOSALS)
     union = np.any([r["segmentation"] for r in stock], axis=0)
     np.testing.assert_array_equal(props.segment_map >= 0, union)
     # one id per pixel makes the segments disjoint; every id is present and the areas add up
@@ -114,33 +114,36 @@ def test_boxes_are_exclusive_and_tight():
     assert areas.tolist() == [12, 1]
 
 
-def test_max_masks_keeps_the_best_predicted(tiny_sam):
+def test_max_masks_keeps_the_best_predicted(proposer):
     image = scene()
-    many = generate_proposals(tiny_sam, image, SMALL_PROPOSALS)
-    few = generate_proposals(tiny_sam, image, ProposalConfig(**{**SMALL_PROPOSALS.__dict__, "max_masks": 2}))
+    many = proposer.propose(image, SMALL_PROPOSALS)
+    few = proposer.propose(image, ProposalConfig(**{**SMALL_PROPOSALS.__dict__, "max_masks": 2}))
     assert few.raw_count == many.raw_count
     assert len(few) <= 2
 
 
 def test_bad_settings_are_rejected():
-    with pytest.raises(ValueError, match="points_per_side"):
+    with pytest.raises(OptionError, match="points_per_side must be at least 1, got 0"):
         ProposalConfig(points_per_side=0)
-    with pytest.raises(ValueError, match="pred_iou_thresh"):
+    with pytest.raises(OptionError, match="pred_iou_thresh must be between 0 and 1, got 1.5"):
         ProposalConfig(pred_iou_thresh=1.5)
+    with pytest.raises(OptionError, match="points_per_side must be a whole number, got 10.7"):
+        ProposalConfig(points_per_side=10.7)
+    with pytest.raises(OptionError, match="sam_input_size must be a multiple of 16"):
+        ProposalConfig(sam_input_size=500)
 
 
 def test_sam_at_a_smaller_input_shares_weights_and_leaves_the_original(segmenter):
-    from deop.models import sam_at_resolution
-
-    full = segmenter.sam_at(1024)
-    small = segmenter.sam_at(512)
-    assert small is segmenter.sam_at(512)  # cached once
+    full = segmenter.proposer_at(1024).model
+    small_proposer = segmenter.proposer_at(512)
+    small = small_proposer.model
+    assert small is segmenter.proposer_at(512).model  # cached once
     assert full.image_encoder.img_size == 1024 and full.image_encoder.pos_embed.shape[1] == 64
     assert small.image_encoder.img_size == 512 and small.image_encoder.pos_embed.shape[1] == 32
     assert small.image_encoder.blocks[0] is full.image_encoder.blocks[0]
     assert small.mask_decoder is full.mask_decoder
-    assert sam_at_resolution(full, 1024) is full
-    props = generate_proposals(small, scene(), SMALL_PROPOSALS)
+    assert SAM.at_input_size(full, 1024) is full
+    props = small_proposer.propose(scene(), SMALL_PROPOSALS)
     assert props.segment_map.shape == (120, 160) and len(props) > 0
 
 

@@ -72,5 +72,5 @@ def test_thirty_different_images_do_not_grow_memory_without_bound(segmenter):
         segmenter.segment(scene(seed=300 + i), f"sky, grass, thing {i}", method="both")
     gc.collect()
     growth = process.memory_info().rss - before
-    assert len(segmenter._proposals) <= segmenter.config.cache_size
+    assert all(len(stage) <= segmenter.config.cache_size for stage in segmenter.stages.values())
     assert growth < 200 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB over 30 requests"

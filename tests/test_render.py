@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deop.export import label_image, masks_zip, safe_name
 from deop.render import (
     OUTLINE_COLOR,
     bar_chart_png,
     heatmap,
     highlight,
-    label_image,
     legend_entries,
-    masks_zip,
     overlay,
     palette,
-    safe_name,
     side_by_side,
 )
 

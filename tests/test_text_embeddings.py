@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deop.clip.text import TextEmbeddingCache, encode_text
 from deop.presets import TEMPLATES
-from deop.text_embeddings import TextEmbeddingCache, encode_text
 from deop.vocabulary import Vocabulary, apply_templates
 
 PROMPTS = ["a photo of a cat.", "a bad photo of the fire hydrant.", "x", "art of the " + "very " * 120 + "long name."]

@@ -105,17 +105,20 @@ def test_inspect_view_highlights_the_clicked_segment(shown):
     assert np.array_equal(ui.highlight_at(plain, result, -5, -5), plain)  # off the image: nothing picked
 
 
-def test_app_offers_the_configured_proposal_model_and_the_other_family(segmenter):
+def test_app_offers_the_configured_proposal_model_and_the_other_families(segmenter):
     from dataclasses import replace
 
-    from deop.sam2_backend import available
-    from deop.segmenter import Segmenter
+    from deop.pipeline import Segmenter
+    from deop.proposers import PROPOSERS
 
     offered = ui.proposal_models(segmenter)
-    assert offered[0] == ("SAM tiny", "tiny")
-    assert offered[1:] == ([("SAM 2.1 hiera_t", "sam2.1_hiera_t")] if available() else [])
-    sam2_first = ui.proposal_models(Segmenter(replace(segmenter.config, sam_kind="sam2.1_hiera_t")))
-    assert [kind for _, kind in sam2_first] == ["sam2.1_hiera_t", "vit_b"]
+    small = [(s.title, n) for n, s in PROPOSERS.items() if s.in_app and s.available()]
+    assert offered[0] == ("SAM tiny", "tiny") and offered[1:] == small
+    assert ("SAM vit_b", "vit_b") in small
+    assert (("SAM 2.1 hiera_t", "sam2.1_hiera_t") in small) == PROPOSERS["sam2.1_hiera_t"].available()
+    first = small[-1][1]
+    reordered = ui.proposal_models(Segmenter(replace(segmenter.config, sam_kind=first)))
+    assert [kind for _, kind in reordered] == [first] + [n for _, n in small if n != first]
 
 
 def test_segmenter_pool_shares_models_and_text_and_refuses_other_kinds(segmenter):

@@ -15,17 +15,24 @@ import pytest
 import torch
 
 from deop import weights
+from deop.errors import WeightsError
+from deop.proposers import PROPOSERS
 from deop.weights import (
-    SAM_CHECKPOINTS,
     Checkpoint,
-    WeightsError,
     clip_weights_error,
     default_checkpoint_dir,
     download,
-    ensure_sam_checkpoint,
+    ensure_checkpoint,
     load_state_dict,
     sha256_of,
 )
+
+SAM_CHECKPOINTS = {name: spec.weights for name, spec in PROPOSERS.items() if spec.family.name == "sam" and spec.weights}
+
+
+def ensure_sam_checkpoint(kind, checkpoint_dir=None, download_missing=True, progress=True, checkpoints=None):
+    return ensure_checkpoint((checkpoints or SAM_CHECKPOINTS)[kind], f"SAM {kind}", checkpoint_dir, download_missing,
+                             progress)
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: more than one read chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -154,7 +161,6 @@ def test_only_http_and_file_urls(tmp_path):
 def test_sam_table_matches_meta_release():
     assert set(SAM_CHECKPOINTS) == {"vit_b", "vit_l", "vit_h"}
     for kind, ckpt in SAM_CHECKPOINTS.items():
-        assert ckpt.kind == kind
         assert ckpt.url == "https://dl.fbaipublicfiles.com/segment_anything/" + ckpt.filename
         assert ckpt.filename.startswith(f"sam_{kind}_")
         assert len(ckpt.sha256) == 64 and int(ckpt.sha256, 16) >= 0
@@ -168,7 +174,7 @@ def test_default_checkpoint_dir(monkeypatch, tmp_path):
 
 
 def table(server: str) -> dict[str, Checkpoint]:
-    return {"vit_b": Checkpoint("vit_b", f"{server}/file.bin", "sam_test.pth", PAYLOAD_SHA)}
+    return {"vit_b": Checkpoint(f"{server}/file.bin", "sam_test.pth", PAYLOAD_SHA)}
 
 
 def test_ensure_redownloads_a_corrupt_file(server, tmp_path):
@@ -201,11 +207,6 @@ def test_ensure_missing_without_download(tmp_path):
     expected = tmp_path / "sam_vit_h_4b8939.pth"
     assert_manual_instructions(str(err.value), SAM_CHECKPOINTS["vit_h"].url, expected)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_ensure_unknown_kind_lists_known(tmp_path):
-    with pytest.raises(WeightsError, match="vit_b, vit_l, vit_h"):
-        ensure_sam_checkpoint("vit_x", tmp_path)
 
 
 def test_ensure_offline_is_a_weights_error(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m deop eval``: mIoU, per-class IoU and pixel accuracy on a folder dataset, per method.
+"""What ``python -m deop eval`` computes: mIoU, per-class IoU and pixel accuracy on a folder dataset, per method.
 
 Dataset: an images folder and a labels folder of PNGs holding class indices, paired by file stem;
 255 in a label is "ignore". The classes file has one class per line in index order (line syntax as in
@@ -16,8 +16,6 @@ Scoring choices, documented because they change the numbers:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import DatasetError
 from .vocabulary import Vocabulary, parse_vocabulary
 
 IGNORE_INDEX = 255
@@ -45,12 +44,13 @@ class ConfusionMatrix:
 
     def update(self, truth: np.ndarray, prediction: np.ndarray) -> None:
         if truth.shape != prediction.shape:
-            raise ValueError(f"label {truth.shape} and prediction {prediction.shape} differ in size")
+            raise DatasetError(f"label {truth.shape} and prediction {prediction.shape} differ in size")
         keep = truth != self.ignore_index
         t = truth[keep].astype(np.int64)
         p = prediction[keep].astype(np.int64)
         if t.size and (t.min() < 0 or t.max() >= self.n):
-            raise ValueError(f"label values must be 0..{self.n - 1} or {self.ignore_index}, found {t.min()}..{t.max()}")
+            raise DatasetError(f"label values must be 0..{self.n - 1} or {self.ignore_index}, found "
+                               f"{t.min()}..{t.max()}")
         if p.size and (p.min() < -1 or p.max() >= self.n):
             raise ValueError(f"predictions must be -1..{self.n - 1}")
         p = np.where(p < 0, self.n, p)
@@ -99,29 +99,33 @@ class Pair:
 
 def read_classes(path: str | Path) -> Vocabulary:
     """One class per line, in index order; a line may add synonyms (``name: syn, syn``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read the classes file {path}: {exc}") from None
     specs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         vocab = parse_vocabulary(line)
         if len(vocab) != 1:
-            raise ValueError(f"{path}:{number}: one class per line (use 'name: synonym, synonym'), got {vocab.names}")
+            raise DatasetError(f"{path}:{number}: one class per line (use 'name: synonym, synonym'), got {vocab.names}")
         specs.append(vocab.classes[0])
     if not specs:
-        raise ValueError(f"{path}: no classes")
+        raise DatasetError(f"{path}: no classes")
     return Vocabulary(tuple(specs))
 
 
 def find_pairs(images: str | Path, labels: str | Path) -> tuple[list[Pair], list[str]]:
     """Images that have a label PNG of the same stem, and a warning for each image without one."""
-    from .cli import collect_images
+    from .images import collect_images
 
     files, errors = collect_images([str(images)])
     if errors:
-        raise ValueError("; ".join(errors))
+        raise DatasetError("; ".join(errors))
     label_dir = Path(labels)
     if not label_dir.is_dir():
-        raise ValueError(f"{label_dir}: no such labels folder")
+        raise DatasetError(f"{label_dir}: no such labels folder")
     pairs, warnings = [], []
     for f in files:
         label = label_dir / f"{f.stem}.png"
@@ -130,15 +134,19 @@ def find_pairs(images: str | Path, labels: str | Path) -> tuple[list[Pair], list
         else:
             warnings.append(f"{f.name}: no label {label.name}, skipped")
     if not pairs:
-        raise ValueError(f"no image in {images} has a label PNG of the same name in {labels}")
+        raise DatasetError(f"no image in {images} has a label PNG of the same name in {labels}")
     return pairs, warnings
 
 
 def load_label(path: str | Path) -> np.ndarray:
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{path}: a label PNG holds one class index per pixel (mode L or P), not {img.mode}")
-        return np.array(img).astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(f"{path}: a label PNG holds one class index per pixel (mode L or P), not "
+                                   f"{img.mode}")
+            return np.array(img).astype(np.int64)
+    except (OSError, SyntaxError) as exc:  # PIL's errors for unreadable, truncated or non-image files
+        raise DatasetError(f"cannot read the label {path}: {exc}") from None
 
 
 Predictor = Callable[[Pair], dict[str, np.ndarray]]
@@ -152,7 +160,10 @@ def evaluate(pairs: Sequence[Pair], names: Sequence[str], methods: Sequence[str]
         truth = load_label(pair.label)
         predictions = predict(pair)
         for m in methods:
-            matrices[m].update(truth, predictions[m])
+            try:
+                matrices[m].update(truth, predictions[m])
+            except DatasetError as exc:
+                raise DatasetError(f"{pair.label}: {exc}") from None
     return {m: MethodScores.from_matrix(m, matrices[m], names) for m in methods}
 
 
@@ -196,46 +207,3 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"IoU in %. {rep['policy'][0].upper()}{rep['policy'][1:]}.", ""]
     return "\n".join(lines)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_arguments, add_option_arguments
-
-    p = sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy on a folder dataset")
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--labels", required=True, help="folder of label PNGs (class indices, 255 = ignore), same stems")
-    p.add_argument("--classes", required=True, help="text file, one class per line in index order")
-    p.add_argument("--method", default="both", choices=["one-pass", "crop", "both", "dense"])
-    p.add_argument("--json", default=None, help="write the report as JSON here")
-    p.add_argument("--markdown", default=None, help="write the report as Markdown here")
-    add_model_arguments(p)
-    add_option_arguments(p)
-    p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .cli import config_from_args
-    from .segmenter import Segmenter
-
-    vocabulary = read_classes(args.classes)
-    pairs, warnings = find_pairs(args.images, args.labels)
-    for w in warnings:
-        print(f"warning: {w}")
-    segmenter = Segmenter(config_from_args(args))
-    segmenter.load()
-    methods = ["one-pass", "crop"] if args.method == "both" else [args.method]
-    scores = evaluate(pairs, vocabulary.names, methods, segmenter_predictor(segmenter, vocabulary, args.method),
-                      progress=lambda items: tqdm(items, desc="evaluating", unit="image"))
-    c = segmenter.config
-    settings = {"method": args.method, "clip_model": c.clip_model, "sam_kind": c.sam_kind,
-                "random_weights": c.random_weights, "device": str(segmenter.device), "classes": vocabulary.names}
-    rep = report(scores, pairs, settings, warnings)
-    for m, s in rep["methods"].items():
-        print(f"{m}: mIoU {s['miou']}, pixel accuracy {s['pixel_accuracy']} over {rep['images']} images")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rep, indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(rep))
-    return 0

@@ -1,4 +1,4 @@
-"""``python -m deop bench-app``: the web app's latency as its users wait for it, measured through its API.
+"""What ``python -m deop bench-app`` measures: the web app's latency as its users wait for it, through its API.
 
 ``python -m deop bench`` times the pipeline inside one process. A user of the app also waits for the
 upload, the queue, rendering the overlays and writing the downloads, so this times whole requests to the
@@ -13,11 +13,9 @@ app already running anywhere, a Hugging Face Space included (``--url``: a URL or
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
 import socket
 import statistics
 import subprocess
@@ -27,11 +25,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .vocabulary import parse_vocabulary
+from ..errors import DeopError
+from ..vocabulary import parse_vocabulary
 
 REQUESTS = ("warm-up", "first", "vocabulary change")
 WARM_UP_VOCABULARY = "sky, ground"
@@ -47,7 +46,7 @@ def many_masks(n: int) -> dict[str, float | int]:
     return {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "max_masks": n}
 
 
-class AppBenchError(RuntimeError):
+class AppBenchError(DeopError):
     """The app could not be started or measured; the message says why."""
 
 
@@ -139,7 +138,7 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from .bench import synthetic_image
+    from .measure import synthetic_image
 
     try:
         client = Client(url, verbose=False)
@@ -257,7 +256,6 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, timeout: float, log) -
     raise AppBenchError(f"the app did not serve {url} within {timeout:g} s")
 
 
-# -- command line ----------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     """This machine's facts: those of the server too when the app was launched here."""
     import torch
@@ -265,69 +263,3 @@ def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "gpu": gpu}
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-app", help="time the web app's requests through its API (first run, cached re-run)",
-                       description=__doc__.split("\n\n")[1].replace("``", ""),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=None, help="measure the app running here instead of launching app.py: a URL, "
-                                               "or a Hugging Face Space's id (user/space)")
-    p.add_argument("--app", default="app.py", help="the app to launch (default: app.py)")
-    p.add_argument("--app-args", default="", help='flags for the launched app, one string after "=": '
-                                                  '--app-args="--random-weights --device cuda"')
-    p.add_argument("--examples", default="assets/examples.json",
-                   help="images and vocabularies to send (default: the app's examples)")
-    p.add_argument("--images", nargs="+", default=None, help="send these images instead, with --classes")
-    p.add_argument("--classes", default=None, help="the vocabulary for --images")
-    p.add_argument("--method", default="both", choices=["one-pass", "crop", "both", "dense"])
-    p.add_argument("--masks", type=int, default=None, metavar="N",
-                   help="ask for about N segments per image (SAM thresholds 0, NMS off, at most N masks): with "
-                        "random weights SAM keeps about one, and real weights give tens")
-    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a launched app")
-    p.add_argument("--json", default=None, help="write the records and summary here")
-    p.set_defaults(func=cmd_bench_app)
-
-
-def cmd_bench_app(args: argparse.Namespace) -> int:
-    try:
-        if args.images:
-            if not args.classes:
-                raise AppBenchError("--images needs --classes (the vocabulary to send with them)")
-            cases = [Case(str(Path(i).resolve()), args.classes) for i in args.images]
-        else:
-            cases = load_cases(args.examples)
-        missing = [c.image for c in cases if not Path(c.image).is_file()]
-        if missing:
-            raise AppBenchError(f"image(s) not found: {', '.join(missing)}")
-
-        def report(r: AppRecord) -> None:
-            print(f"{r.request:<18} {r.image:<16} {r.wall_s:7.2f} s  (pipeline {r.pipeline_s:.2f} s, "
-                  f"{r.segments} segments{', reused ' + ' and '.join(r.cached) if r.cached else ''})", flush=True)
-
-        app_args = shlex.split(args.app_args)
-        options = many_masks(args.masks) if args.masks else None
-        if args.url:
-            run = measure(args.url, cases, args.method, report=report, options=options)
-        else:
-            with launched(args.app, app_args, args.startup_timeout) as url:
-                run = measure(url, cases, args.method, report=report, options=options)
-    except AppBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = summarise(run.records)
-    if run.status:
-        print(f"app status: {run.status}")
-    print(format_summary(summary))
-    for warning in run.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.json:
-        out = {"url": run.url, "launched": None if args.url else [args.app, *app_args], "method": args.method,
-               "options": options,
-               "status": run.status, "warnings": run.warnings,
-               # with --url this is the client's machine, not the server's
-               ("client" if args.url else "machine"): machine(),
-               "summary": summary, "records": [asdict(r) for r in run.records]}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0

@@ -1,4 +1,5 @@
-"""``python -m deop bench``: what DeOP's one CLIP pass buys over the crop baseline, measured on this device.
+"""What ``python -m deop bench`` measures: what DeOP's one CLIP pass buys over the crop baseline, on this
+device.
 
 The classification stage is timed on synthetic disjoint masks, so that N is exactly what was asked for
 whatever SAM would find; end-to-end runs use the real Segmenter with SAM. Every number is a median over
@@ -8,7 +9,6 @@ that a saved JSON can be re-judged later.
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import sys
@@ -18,27 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator
 
-from .bench_report import evaluate_targets, format_table, targets_record, write_json, write_plot
-from .classify import dense_features, encode_crops, pool_segments, probabilities
-from .config import PROPOSAL_PRESETS, SegmenterConfig
-from .lean_attention import stock_attention
-from .models import SAM2_MODELS, SAM_KINDS
-from .presets import PRESETS
-from .proposals import Proposals, generate_proposals, segment_boxes
-from .sam2_backend import INSTALL_HINT, available
-from .segmenter import Segmenter, TimedValue
-from .text_embeddings import TextEmbeddingCache
-from .timing import stopwatch
-from .vocabulary import Vocabulary
+from ..cache import TimedValue
+from ..classify import dense_features, encode_crops, pool_segments, probabilities
+from ..clip.text import TextEmbeddingCache
+from ..config import PROPOSAL_PRESETS, SegmenterConfig
+from ..images import nearest_indices
+from ..pipeline import Segmenter
+from ..presets import PRESETS
+from ..proposers import Proposals, segment_boxes
+from ..timing import stopwatch
+from ..vocabulary import Vocabulary
+from .report import evaluate_targets, targets_record
 
-DEFAULT_SIZES = (448, 672, 1024)
-DEFAULT_N = (10, 25, 50, 100, 200)
-QUICK_SIZES = (448, 672)
-QUICK_N = (10, 100, 200)
-# The fast preset at its own grid and denser grids, then the demo's: how SAM's point count drives the cost.
-DEFAULT_E2E = (("fast", None), ("fast", 12), ("fast", 16), ("demo", None))
 E2E_IMAGE = 1024  # long side of the end-to-end image: the default max_side, so SAM sees it at full size
 REQUERY_MASKS = 100
 
@@ -104,9 +96,7 @@ def synthetic_proposals(shape: tuple[int, int], n: int, seed: int = 0, grid: int
     yy, xx = np.mgrid[:gh, :gw]
     dist = np.hypot(yy[None] - sy[:, None, None], xx[None] - sx[:, None, None]) / weight[:, None, None]
     coarse = dist.argmin(axis=0).astype(np.int32)
-    rows = np.arange(h) * gh // h
-    cols = np.arange(w) * gw // w
-    segment_map = coarse[rows[:, None], cols[None, :]]
+    segment_map = coarse[nearest_indices(gh, h)[:, None], nearest_indices(gw, w)[None, :]]
     present = np.unique(segment_map)  # a seed's cell may fall between sampled pixels on a tiny image
     remap = np.full(n, -1, dtype=np.int32)
     remap[present] = np.arange(len(present), dtype=np.int32)
@@ -250,28 +240,27 @@ class Bench:
         return out
 
     def proposals_vs_stock(self, points_per_side: int = 10, size: int = E2E_IMAGE) -> list[BenchRecord]:
-        """Our proposal stage (lean attention, limit, overlap resolution) against segment_anything's own
-        ``SamAutomaticMaskGenerator`` with its original attention, at equal settings (the demo preset at
-        ``points_per_side``, SAM at 1024 px) on the same image and model."""
+        """Our proposal stage (limit and overlap resolution included) against the model family's own
+        automatic mask generator on the model as its package ships it (SAM: its original attention), at
+        equal settings (the demo preset at ``points_per_side``, the encoder at 1024 px) on the same image."""
         seg = self.segmenter
         config = replace(PROPOSAL_PRESETS["demo"], points_per_side=points_per_side)
         image = synthetic_image(size)
-        sam = seg.sam
+        proposer = seg.proposer_at(config.sam_input_size)
 
         def stock() -> None:
-            with stock_attention(sam), torch.inference_mode():
-                SamAutomaticMaskGenerator(sam, **config.generator_kwargs()).generate(image)
+            with proposer.spec.family.stock_model(proposer.model) as model, torch.inference_mode():
+                proposer.spec.family.stock_generator(model, config).generate(image)
 
         out = []
-        for method, fn in (("stock", stock), ("deop", lambda: generate_proposals(sam, image, config))):
+        for method, fn in (("stock", stock), ("deop", lambda: proposer.propose(image, config))):
             times = time_calls(fn, self.repeats, 0, seg.device)
             out.append(self.record("proposals", method, None, size, times, points_per_side=points_per_side,
                                    points_per_batch=config.points_per_batch))
             self.advance(f"proposals {method} pps={points_per_side}")
         return out
 
-    def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]] = DEFAULT_E2E
-                 ) -> list[BenchRecord]:
+    def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]]) -> list[BenchRecord]:
         """End to end (one-pass) with other proposal models, e.g. SAM 2.1, at the main model's settings, on
         the same image, CLIP and text: records differ from the main model's only in ``sam_model``."""
         out = []
@@ -300,68 +289,6 @@ class _FixedProposals(Segmenter):
         return TimedValue(self.fixed, 0.0), True
 
 
-# -- command ---------------------------------------------------------------------------------------------
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_arguments
-
-    p = sub.add_parser("bench", help="time one-pass vs crop classification, re-query, end to end and memory")
-    p.add_argument("--quick", action="store_true",
-                   help=f"sizes {QUICK_SIZES}, N {QUICK_N} (crops up to 100), 1 repeat, end to end fast only")
-    p.add_argument("--sizes", type=_ints, default=None, help="image long sides, e.g. 448,672,1024")
-    p.add_argument("--n-masks", type=_ints, default=None, help="masks per image, e.g. 10,25,50,100,200")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 3)")
-    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs with SAM")
-    p.add_argument("--e2e-points", type=_ints, default=None,
-                   help="points_per_side values run with the fast preset (default: its own 10, then 12 and 16) "
-                        "besides demo")
-    p.add_argument("--backends", default=None,
-                   help="other proposal models run end to end, comma-separated (default: sam2.1_hiera_t when "
-                        "the sam2 package is installed; none with --quick); 'none' for none")
-    p.add_argument("--json", default=None, help="write the records here")
-    p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
-    add_model_arguments(p)
-    p.set_defaults(func=cmd_bench)
-
-
-def plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Sizes, N, repeats and end-to-end configurations from the flags (--quick sets smaller defaults)."""
-    quick = args.quick
-    points = args.e2e_points
-    if quick:
-        e2e = [("fast", None)] + [("fast", p) for p in points or ()]
-    else:
-        e2e = [("fast", p) for p in (points or (None, 12, 16))] + [("demo", None)]
-    return {
-        "sizes": args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES),
-        "n_masks": args.n_masks or (QUICK_N if quick else DEFAULT_N),
-        # The crop baseline is linear in N (one encoder pass per crop); --quick stops it at 100 to fit.
-        "crop_n_masks": tuple(n for n in (args.n_masks or QUICK_N) if n <= 100) if quick else None,
-        "repeats": args.repeats or (1 if quick else 3),
-        "e2e": [] if args.skip_e2e else e2e,
-        "e2e_methods": ("one-pass",) if quick else ("one-pass", "both"),
-        "templates": "single" if quick else None,
-        # stock SAM against ours at equal settings; needs SAM, so it goes with the end-to-end runs
-        "stock_points": None if args.skip_e2e else 10,
-        "backends": () if args.skip_e2e else _backends(args.backends, quick),
-    }
-
-
-def _backends(flag: str | None, quick: bool) -> tuple[str, ...]:
-    if flag is None:
-        return ("sam2.1_hiera_t",) if available() and not quick else ()
-    kinds = tuple(k.strip() for k in flag.split(",") if k.strip() and k.strip() != "none")
-    unknown = [k for k in kinds if k not in SAM_KINDS]
-    if unknown:
-        raise ValueError(f"unknown proposal model(s) {', '.join(unknown)}; choose from {', '.join(SAM_KINDS)}")
-    if any(k in SAM2_MODELS for k in kinds) and not available():
-        raise ValueError(INSTALL_HINT)
-    return kinds
-
-
 def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
     records = bench.classification(p["sizes"], p["n_masks"], crop_n_masks=p["crop_n_masks"])
     if p["e2e"]:
@@ -374,36 +301,3 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
         records += bench.backends(p["backends"], p["e2e"])
     flat = [r.to_dict() for r in records]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
-
-
-def steps(p: dict[str, Any]) -> int:
-    crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
-    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
-        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(p["e2e"])
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    segmenter = Segmenter(SegmenterConfig(device=args.device, clip_model=args.clip_model,
-                                          clip_pretrained=args.clip_pretrained, sam_kind=args.sam,
-                                          random_weights=args.random_weights, half=args.half,
-                                          checkpoint_dir=args.checkpoint_dir))
-    p = plan(args)
-    segmenter.load()
-    if segmenter.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(segmenter.device)
-    with tqdm(total=steps(p), desc="bench", unit="step") as bar:
-        def advance(desc: str) -> None:
-            bar.set_postfix_str(desc)
-            bar.update()
-
-        records = run_bench(Bench(segmenter, repeats=p["repeats"], advance=advance), p)
-    print(format_table(records))
-    for t in records[-1]["targets"]:
-        print(f"{t['status']}  {t['name']}: {t['value']} (limit {t['limit']:g}) {t['detail']}")
-    if args.json:
-        write_json(records, args.json)
-    if args.plot:
-        write_plot(records, args.plot)
-    return 0

@@ -5,55 +5,22 @@ good image descriptor and the patch tokens poor local ones. Patch severance chan
 block(s) so that each patch token keeps its own content, and then projects *every* token into the joint
 image-text space. One pass over the whole image then classifies any number of masks by pooling.
 
-A variant is data (:class:`Severance`), not code: the attention kind, the residual scale and whether the
-FFN runs. That keeps the published methods side by side and a new one a one-line addition.
+A variant is data (``deop.clip.severance``), not code: the attention kind, the residual scale and whether
+the FFN runs. That keeps the published methods side by side and a new one a one-line addition.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Severance", "SEVERANCE_VARIANTS", "severance", "encode_dense", "resize_pos_embed", "patch_size_of"]
+from ..errors import OptionError
+from .severance import Severance, severance
 
-
-@dataclass(frozen=True)
-class Severance:
-    """How the severed final block(s) treat their tokens.
-
-    attention: "vanilla" (unchanged), "identity" (token i gets out_proj(v_i): DeOP, MaskCLIP),
-        "qq", "kk", "qq+kk" (self-similarity attention: ClearCLIP, NACLIP, SCLIP).
-    residual: scale of the skip connection around attention (1 = unchanged, 0 = dropped).
-    ffn: whether the block's MLP still runs.
-    """
-
-    attention: str = "identity"
-    residual: float = 0.2
-    ffn: bool = True
-    description: str = ""
-
-
-SEVERANCE_VARIANTS: dict[str, Severance] = {
-    "deop": Severance("identity", 0.2, True, "DeOP: own value projection, residual x0.2, FFN kept"),
-    "maskclip": Severance("identity", 1.0, True, "MaskCLIP: value-only attention, block otherwise unchanged"),
-    "sclip": Severance("qq+kk", 1.0, True, "SCLIP: q-q plus k-k attention"),
-    "clearclip": Severance("qq", 0.0, False, "ClearCLIP: q-q attention, no residual, no FFN"),
-    "naclip": Severance("kk", 0.0, False, "NACLIP-style: k-k attention, no residual, no FFN (no neighbourhood prior)"),
-    "none": Severance("vanilla", 1.0, True, "Plain CLIP: every token goes through the unchanged blocks"),
-}
-
-
-def severance(variant: str | Severance) -> Severance:
-    """The spec of a variant given by name (or the spec itself)."""
-    if isinstance(variant, Severance):
-        return variant
-    if variant not in SEVERANCE_VARIANTS:
-        raise ValueError(f"unknown severance variant {variant!r}; choose from {', '.join(SEVERANCE_VARIANTS)}")
-    return SEVERANCE_VARIANTS[variant]
+__all__ = ["encode_dense", "resize_pos_embed", "patch_size_of"]
 
 
 def patch_size_of(model: nn.Module) -> int:
@@ -148,7 +115,7 @@ def encode_dense(
     visual = model.visual
     depth = len(visual.transformer.resblocks)
     if not 1 <= n_severed <= depth:
-        raise ValueError(f"n_severed must be between 1 and {depth}, got {n_severed}")
+        raise OptionError(f"n_severed must be between 1 and {depth}, got {n_severed}")
     p = patch_size_of(model)
     b, _, h, w = pixels.shape
     if h % p or w % p:

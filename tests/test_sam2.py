@@ -15,14 +15,17 @@ import torch
 
 from conftest import SMALL_CONFIG, SMALL_PROPOSALS, scene
 from deop import Segmenter
-from deop.cli import main
-from deop.models import MODELS, SAM_KINDS, build_sam
-from deop.proposals import generate_proposals, sam_generator
-from deop.sam2_backend import SAM2_MODELS, available, is_sam2
+from deop.commands import main
+from deop.errors import MissingPackageError, OptionError, WeightsError
+from deop.models import MODELS
+from deop.proposers import PROPOSERS, get_proposer
+from deop.proposers.sam2 import SAM2
 from deop.timing import Deadline, SegmentTimeout
-from deop.weights import HubCheckpoint, WeightsError, ensure_hub_checkpoint
+from deop.weights import HubCheckpoint, ensure_hub_checkpoint
 
-if not available():
+SAM2_MODELS = {name: spec for name, spec in PROPOSERS.items() if spec.family is SAM2}
+
+if not SAM2.available():
     if os.environ.get("DEOP_REQUIRE_SAM2"):
         raise RuntimeError("DEOP_REQUIRE_SAM2 is set but the sam2 package is missing (make install adds it)")
     pytest.skip("the optional sam2 package is not installed (see requirements-sam2.txt)", allow_module_level=True)
@@ -34,14 +37,24 @@ CPU = torch.device("cpu")
 PROPOSALS = replace(SMALL_PROPOSALS, box_nms_thresh=1.0)
 
 
+def build_sam(kind: str, checkpoint_dir=None, download=True, random_weights=False):
+    spec = get_proposer(kind)
+    return spec.family.build(spec, random_weights, checkpoint_dir, download)
+
+
 @pytest.fixture(scope="module")
 def sam2_full():
-    return MODELS.sam(KIND, CPU, random_weights=True)
+    return MODELS.proposer(KIND, CPU, random_weights=True, input_size=1024).model
 
 
 @pytest.fixture(scope="module")
 def sam2_small():
-    return MODELS.sam(KIND, CPU, random_weights=True, input_size=256)
+    return MODELS.proposer(KIND, CPU, random_weights=True, input_size=256)
+
+
+def generate(model, image, config, deadline=None) -> list[dict]:
+    with torch.inference_mode():
+        return SAM2.generate(model, image, config, deadline).to_records()
 
 
 def _same(a: list[dict], b: list[dict]) -> None:
@@ -52,8 +65,8 @@ def _same(a: list[dict], b: list[dict]) -> None:
 
 
 def test_kinds_are_listed_next_to_sam():
-    assert set(SAM2_MODELS) <= set(SAM_KINDS) and {"vit_b", "tiny"} <= set(SAM_KINDS)
-    assert all(spec.checkpoint.url.startswith("https://huggingface.co/facebook/sam2.1-hiera-")
+    assert len(SAM2_MODELS) == 4 and {"vit_b", "tiny"} <= set(PROPOSERS)
+    assert all(spec.weights.url.startswith("https://huggingface.co/facebook/sam2.1-hiera-")
                for spec in SAM2_MODELS.values())
 
 
@@ -63,7 +76,7 @@ def test_generator_equals_stock_sam2(sam2_full):
 
     image = scene()
     stock = SAM2AutomaticMaskGenerator(sam2_full, **PROPOSALS.generator_kwargs()).generate(image)
-    ours = sam_generator(sam2_full, PROPOSALS).generate(image)
+    ours = generate(sam2_full, image, PROPOSALS)
     assert len({m["segmentation"].tobytes() for m in stock}) > 10
     _same(ours, stock)
 
@@ -71,20 +84,21 @@ def test_generator_equals_stock_sam2(sam2_full):
 def test_smaller_input_shares_weights_and_equals_a_model_built_at_that_size(sam2_full, sam2_small):
     from sam2.build_sam import build_sam2
 
-    assert is_sam2(sam2_small) and sam2_small.image_size == 256 and sam2_full.image_size == 1024
-    assert sam2_small.image_encoder is sam2_full.image_encoder
-    assert sam2_small.sam_prompt_encoder.image_embedding_size == (16, 16)
-    native = build_sam2(SAM2_MODELS[KIND].config, None, device="cpu",
+    small = sam2_small.model
+    assert sam2_small.input_size == 256 and small.image_size == 256 and sam2_full.image_size == 1024
+    assert small.image_encoder is sam2_full.image_encoder
+    assert small.sam_prompt_encoder.image_embedding_size == (16, 16)
+    native = build_sam2(SAM2_MODELS[KIND].arch["config"], None, device="cpu",
                         hydra_overrides_extra=["++model.image_size=256"])
     native.load_state_dict(sam2_full.state_dict())
     image = scene()
-    _same(sam_generator(native.eval(), PROPOSALS).generate(image), sam_generator(sam2_small, PROPOSALS).generate(image))
+    _same(generate(native.eval(), image, PROPOSALS), generate(small, image, PROPOSALS))
 
 
 def test_proposals_are_disjoint_and_cover_the_union(sam2_small):
     image = scene()
-    masks = sam_generator(sam2_small, PROPOSALS).generate(image)
-    props = generate_proposals(sam2_small, image, PROPOSALS)
+    masks = generate(sam2_small.model, image, PROPOSALS)
+    props = sam2_small.propose(image, PROPOSALS)
     union = np.any([m["segmentation"] for m in masks], axis=0)
     np.testing.assert_array_equal(props.segment_map >= 0, union)
     assert props.raw_count == len(masks) and 1 < len(props) <= len(masks)
@@ -92,14 +106,14 @@ def test_proposals_are_disjoint_and_cover_the_union(sam2_small):
 
 
 def test_input_size_must_suit_hiera(sam2_full):
-    with pytest.raises(ValueError, match="multiple of 32"):
-        MODELS.sam(KIND, CPU, random_weights=True, input_size=240)
+    with pytest.raises(OptionError, match="multiple of 32"):
+        MODELS.proposer(KIND, CPU, random_weights=True, input_size=240)
 
 
 def test_deadline_stops_the_generator(sam2_small):
     deadline = Deadline(1e-9)
     with pytest.raises(SegmentTimeout, match="mask proposals"):
-        generate_proposals(sam2_small, scene(), PROPOSALS, deadline)
+        sam2_small.propose(scene(), PROPOSALS, deadline)
 
 
 @pytest.mark.slow
@@ -129,13 +143,13 @@ def test_cli_takes_a_sam2_model(tmp_path):
 def test_checkpoint_is_loaded_strictly_from_the_checkpoint_dir(tmp_path, sam2_full):
     state = {k: v.clone() for k, v in sam2_full.state_dict().items()}
     state["sam_mask_decoder.iou_prediction_head.layers.0.bias"] += 1.0
-    torch.save({"model": state}, tmp_path / SAM2_MODELS[KIND].checkpoint.filename)
-    loaded = build_sam(KIND, CPU, checkpoint_dir=tmp_path, download=False)
+    torch.save({"model": state}, tmp_path / SAM2_MODELS[KIND].weights.filename)
+    loaded = build_sam(KIND, checkpoint_dir=tmp_path, download=False)
     assert torch.equal(loaded.sam_mask_decoder.iou_prediction_head.layers[0].bias,
                        state["sam_mask_decoder.iou_prediction_head.layers.0.bias"])
-    torch.save({"model": {"not": torch.zeros(1)}}, tmp_path / SAM2_MODELS[KIND].checkpoint.filename)
+    torch.save({"model": {"not": torch.zeros(1)}}, tmp_path / SAM2_MODELS[KIND].weights.filename)
     with pytest.raises(WeightsError, match="does not hold SAM 2.1"):
-        build_sam(KIND, CPU, checkpoint_dir=tmp_path, download=False)
+        build_sam(KIND, checkpoint_dir=tmp_path, download=False)
 
 
 # -- fetching from the Hub: hf_hub_download replaced by a fake that writes its cache layout ------------
@@ -231,15 +245,13 @@ def test_status_line_names_the_sam2_model(sam2_small):
 
 
 def test_without_the_sam2_package_the_error_says_how_to_install_it(monkeypatch):
-    import deop.sam2_backend
-
-    monkeypatch.setattr(deop.sam2_backend, "available", lambda: False)
-    with pytest.raises(WeightsError, match="no-build-isolation sam2==1.1.0"):
-        build_sam(KIND, CPU, random_weights=True)
+    monkeypatch.setattr(type(SAM2), "available", lambda self: False)
+    with pytest.raises(MissingPackageError, match="no-build-isolation sam2==1.1.0"):
+        build_sam(KIND, random_weights=True)
 
 
 def test_random_sam2_weights_repeat_across_builds(sam2_full):
     """The seeded random Hiera-T: a second build equals the session's model, weight for weight."""
-    again = build_sam(KIND, CPU, random_weights=True)
+    again = build_sam(KIND, random_weights=True)
     a, b = sam2_full.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 
-from .models import ClipModel
-from .presets import TEMPLATES
-from .vocabulary import Vocabulary, apply_templates
+from ..errors import OptionError
+from ..presets import TEMPLATES
+from ..vocabulary import Vocabulary, apply_templates
+from .model import ClipModel
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class TextEmbeddingCache:
     def names(self, clip: ClipModel, names: list[str], template_set: str) -> torch.Tensor:
         """[len(names), D] normalised embeddings; only names not seen before are encoded."""
         if template_set not in TEMPLATES:
-            raise ValueError(f"unknown template set {template_set!r}; choose from {', '.join(TEMPLATES)}")
+            raise OptionError(f"unknown template set {template_set!r}; choose from {', '.join(TEMPLATES)}")
         templates = tuple(TEMPLATES[template_set])
         keys = [(clip.key, template_set, n) for n in names]
         with self._lock:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import deop.segmenter as segmenter_module
+import deop.pipeline as pipeline_module
 from conftest import scene
+from deop.errors import OptionError, UnknownOptionError
 from deop.models import RANDOM_WEIGHTS_WARNING
+from deop.proposers import Proposer
 from deop.result import STAGES
 
 
@@ -71,14 +73,15 @@ def test_none_threshold_leaves_segments_unlabelled(segmenter):
 
 def test_second_vocabulary_reuses_proposals_and_features(segmenter, monkeypatch):
     calls = {"sam": 0, "dense": 0, "crops": 0}
-    for name, key in (("generate_proposals", "sam"), ("dense_features", "dense"), ("encode_crops", "crops")):
-        original = getattr(segmenter_module, name)
+    for owner, name, key in ((Proposer, "propose", "sam"), (pipeline_module, "dense_features", "dense"),
+                             (pipeline_module, "encode_crops", "crops")):
+        original = getattr(owner, name)
 
         def counted(*a, _orig=original, _key=key, **k):
             calls[_key] += 1
             return _orig(*a, **k)
 
-        monkeypatch.setattr(segmenter_module, name, counted)
+        monkeypatch.setattr(owner, name, counted)
     image = scene(seed=11)
     first = segmenter.segment(image, "sky, grass", method="both")
     encoded = segmenter.text_cache.names_encoded
@@ -95,7 +98,7 @@ def test_dense_method_runs_without_sam(segmenter, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("SAM must not run for the dense method")
 
-    monkeypatch.setattr(segmenter_module, "generate_proposals", fail)
+    monkeypatch.setattr(Proposer, "propose", fail)
     result = segmenter.segment(scene(seed=3), "sky, grass", method="dense")
     dense = result.methods["dense"]
     assert dense.segments == [] and result.segment_map is None
@@ -123,12 +126,16 @@ def test_random_weights_are_announced_and_json_serialises(both):
 
 
 def test_bad_requests_are_clear_errors(segmenter):
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(OptionError, match="unknown method"):
         segmenter.segment(scene(), "cat", method="fast")
     with pytest.raises(ValueError, match="at least one class"):
         segmenter.segment(scene(), "  ,  ")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(UnknownOptionError, match="unknown option"):
         segmenter.segment(scene(), "cat", colour="red")
+    with pytest.raises(OptionError, match="severance must be one of deop, maskclip"):
+        segmenter.segment(scene(), "cat", severance="nope")
+    with pytest.raises(OptionError, match="n_severed must be between 1 and 12, got 13"):
+        segmenter.segment(scene(), "cat", n_severed=13)
 
 
 def test_time_limit_stops_the_request_and_the_next_one_runs(segmenter):
@@ -149,20 +156,20 @@ def test_time_limit_stops_the_request_and_the_next_one_runs(segmenter):
                   "to allocate 4294967296 bytes"), 25),
 ], ids=["cuda", "mps", "cpu"])
 def test_out_of_memory_becomes_a_clear_error_and_the_next_request_runs(segmenter, monkeypatch, error, seed):
-    from deop.segmenter import DeviceOutOfMemory
+    from deop.errors import DeviceOutOfMemory
 
-    original = segmenter_module.dense_features
+    original = pipeline_module.dense_features
 
     def oom(*a, **k):
         raise error
 
-    monkeypatch.setattr(segmenter_module, "dense_features", oom)
+    monkeypatch.setattr(pipeline_module, "dense_features", oom)
     with pytest.raises(DeviceOutOfMemory, match="ran out of memory on this image") as info:
         segmenter.segment(scene(seed=seed), "sky", method="one-pass")
     on_cpu = segmenter.device.type == "cpu"
     assert str(info.value).startswith("this machine" if on_cpu else "the GPU")
     assert ("--device cpu" in str(info.value)) is not on_cpu  # no advice to move to where it already is
-    monkeypatch.setattr(segmenter_module, "dense_features", original)
+    monkeypatch.setattr(pipeline_module, "dense_features", original)
     assert segmenter.segment(scene(seed=seed), "sky", method="one-pass").methods["one-pass"].label_map.size
 
 
@@ -170,7 +177,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(segmenter, monkeyp
     def broken(*a, **k):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(segmenter_module, "dense_features", broken)
+    monkeypatch.setattr(pipeline_module, "dense_features", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         segmenter.segment(scene(seed=23), "sky", method="one-pass")
 
@@ -202,4 +209,4 @@ def test_a_sibling_for_another_proposal_model_shares_models_and_text_only(segmen
     assert other.config.sam_kind == "vit_b" and segmenter.config.sam_kind == "tiny"
     assert other.config.options == segmenter.config.options and other.device == segmenter.device
     assert other.models is segmenter.models and other.text_cache is segmenter.text_cache
-    assert other._proposals is not segmenter._proposals and other._features is not segmenter._features
+    assert all(other.stages[s] is not segmenter.stages[s] for s in segmenter.stages)

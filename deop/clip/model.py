@@ -1,0 +1,59 @@
+"""An open_clip model with what the pipeline needs beside it (device, input size, normalisation)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import OptionError
+from ..weights import clip_weights_error, seeded_init
+
+
+@dataclass
+class ClipModel:
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    pretrained: str | None
+    device: torch.device
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.pretrained or 'random'}/{self.device}/{self.dtype}"
+
+
+def build_clip(name: str, pretrained: str | None, device: torch.device, half: bool = False) -> ClipModel:
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    if name not in open_clip.list_models():
+        raise OptionError(f"unknown CLIP model {name!r}; open_clip.list_models() lists the known ones")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with seeded_init():
+                model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        except Exception as exc:  # any failure to fetch or read weights gets the one clear message
+            if pretrained is None:
+                raise
+            raise clip_weights_error(name, pretrained, exc) from exc
+    model.eval().requires_grad_(False)
+    if half and device.type in ("cuda", "mps"):  # float16 is slow on a CPU: ignored there
+        model.half()
+    visual = model.visual
+    size = visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
+    return ClipModel(model, open_clip.get_tokenizer(name), name, pretrained, device, size, mean, std)

@@ -1,0 +1,109 @@
+"""``python -m deop bench``: what DeOP's one CLIP pass buys over the crop baseline, measured on this device
+(``deop.bench.measure`` measures, ``deop.bench.report`` judges and writes)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..arguments import add_model_arguments, config_from_args
+
+DEFAULT_SIZES = (448, 672, 1024)
+DEFAULT_N = (10, 25, 50, 100, 200)
+QUICK_SIZES = (448, 672)
+QUICK_N = (10, 100, 200)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time one-pass vs crop classification, re-query, end to end and memory")
+    p.add_argument("--quick", action="store_true",
+                   help=f"sizes {QUICK_SIZES}, N {QUICK_N} (crops up to 100), 1 repeat, end to end fast only")
+    p.add_argument("--sizes", type=_ints, default=None, help="image long sides, e.g. 448,672,1024")
+    p.add_argument("--n-masks", type=_ints, default=None, help="masks per image, e.g. 10,25,50,100,200")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats after one warm-up (default 3)")
+    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs with SAM")
+    p.add_argument("--e2e-points", type=_ints, default=None,
+                   help="points_per_side values run with the fast preset (default: its own 10, then 12 and 16) "
+                        "besides demo")
+    p.add_argument("--backends", default=None,
+                   help="other proposal models run end to end, comma-separated (default: the app's other "
+                        "proposal models whose packages are installed; none with --quick); 'none' for none")
+    p.add_argument("--json", default=None, help="write the records here")
+    p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
+    add_model_arguments(p)
+    p.set_defaults(func=run)
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Sizes, N, repeats and end-to-end configurations from the flags (--quick sets smaller defaults)."""
+    quick = args.quick
+    points = args.e2e_points
+    if quick:
+        e2e = [("fast", None)] + [("fast", p) for p in points or ()]
+    else:
+        e2e = [("fast", p) for p in (points or (None, 12, 16))] + [("demo", None)]
+    return {
+        "sizes": args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES),
+        "n_masks": args.n_masks or (QUICK_N if quick else DEFAULT_N),
+        # The crop baseline is linear in N (one encoder pass per crop); --quick stops it at 100 to fit.
+        "crop_n_masks": tuple(n for n in (args.n_masks or QUICK_N) if n <= 100) if quick else None,
+        "repeats": args.repeats or (1 if quick else 3),
+        "e2e": [] if args.skip_e2e else e2e,
+        "e2e_methods": ("one-pass",) if quick else ("one-pass", "both"),
+        "templates": "single" if quick else None,
+        # stock SAM against ours at equal settings; needs SAM, so it goes with the end-to-end runs
+        "stock_points": None if args.skip_e2e else 10,
+        "backends": () if args.skip_e2e else _backends(args.backends, quick, config_from_args(args, False).sam_kind),
+    }
+
+
+def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
+    """Other proposal models to run end to end: by default the models the app offers, other than `main`,
+    whose package is installed (none with --quick)."""
+    from ..proposers import PROPOSERS, get_proposer
+
+    if flag is None:
+        return () if quick else tuple(n for n, s in PROPOSERS.items() if s.in_app and n != main and s.available())
+    kinds = tuple(k.strip() for k in flag.split(",") if k.strip() and k.strip() != "none")
+    for kind in kinds:
+        get_proposer(kind).family.require()
+    return kinds
+
+
+def steps(p: dict[str, Any]) -> int:
+    crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
+    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
+        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(p["e2e"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..bench.measure import Bench, run_bench
+    from ..bench.report import format_table, write_json, write_plot
+    from ..pipeline import Segmenter
+
+    segmenter = Segmenter(config_from_args(args, with_options=False))
+    p = plan(args)
+    segmenter.load()
+    if segmenter.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(segmenter.device)
+    with tqdm(total=steps(p), desc="bench", unit="step") as bar:
+        def advance(desc: str) -> None:
+            bar.set_postfix_str(desc)
+            bar.update()
+
+        records = run_bench(Bench(segmenter, repeats=p["repeats"], advance=advance), p)
+    print(format_table(records))
+    for t in records[-1]["targets"]:
+        print(f"{t['status']}  {t['name']}: {t['value']} (limit {t['limit']:g}) {t['detail']}")
+    if args.json:
+        write_json(records, args.json)
+    if args.plot:
+        write_plot(records, args.plot)
+    return 0

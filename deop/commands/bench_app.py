@@ -1,0 +1,97 @@
+"""``python -m deop bench-app``: the web app's latency as its users wait for it, measured through its API
+(``deop.bench.app`` measures)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..methods import METHOD_CHOICES
+
+DESCRIPTION = """Times whole requests to the app's /segment endpoint with gradio_client, wall clock at the client:
+each example image with its vocabulary (every stage runs), then with one class added (the app reuses the
+image's proposals and features). It launches app.py on a free local port with --app-args, or measures an app
+already running anywhere, a Hugging Face Space included (--url: a URL or a Space's id)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-app", help="time the web app's requests through its API (first run, cached re-run)",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None, help="measure the app running here instead of launching app.py: a URL, "
+                                               "or a Hugging Face Space's id (user/space)")
+    p.add_argument("--app", default="app.py", help="the app to launch (default: app.py)")
+    p.add_argument("--app-args", default="", help='flags for the launched app, one string after "=": '
+                                                  '--app-args="--random-weights --device cuda"')
+    p.add_argument("--examples", default="assets/examples.json",
+                   help="images and vocabularies to send (default: the app's examples)")
+    p.add_argument("--images", nargs="+", default=None, help="send these images instead, with --classes")
+    p.add_argument("--classes", default=None, help="the vocabulary for --images")
+    p.add_argument("--method", default="both", choices=list(METHOD_CHOICES))
+    p.add_argument("--masks", type=int, default=None, metavar="N",
+                   help="ask for about N segments per image (SAM thresholds 0, NMS off, at most N masks): with "
+                        "random weights SAM keeps about one, and real weights give tens")
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a launched app")
+    p.add_argument("--json", default=None, help="write the records and summary here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.app import (
+        AppBenchError,
+        AppRecord,
+        Case,
+        format_summary,
+        launched,
+        load_cases,
+        machine,
+        many_masks,
+        measure,
+        summarise,
+    )
+
+    try:
+        if args.images:
+            if not args.classes:
+                raise AppBenchError("--images needs --classes (the vocabulary to send with them)")
+            cases = [Case(str(Path(i).resolve()), args.classes) for i in args.images]
+        else:
+            cases = load_cases(args.examples)
+        missing = [c.image for c in cases if not Path(c.image).is_file()]
+        if missing:
+            raise AppBenchError(f"image(s) not found: {', '.join(missing)}")
+
+        def report(r: AppRecord) -> None:
+            print(f"{r.request:<18} {r.image:<16} {r.wall_s:7.2f} s  (pipeline {r.pipeline_s:.2f} s, "
+                  f"{r.segments} segments{', reused ' + ' and '.join(r.cached) if r.cached else ''})", flush=True)
+
+        app_args = shlex.split(args.app_args)
+        options = many_masks(args.masks) if args.masks else None
+        if args.url:
+            run = measure(args.url, cases, args.method, report=report, options=options)
+        else:
+            with launched(args.app, app_args, args.startup_timeout) as url:
+                run = measure(url, cases, args.method, report=report, options=options)
+    except AppBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarise(run.records)
+    if run.status:
+        print(f"app status: {run.status}")
+    print(format_summary(summary))
+    for warning in run.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        out = {"url": run.url, "launched": None if args.url else [args.app, *app_args], "method": args.method,
+               "options": options,
+               "status": run.status, "warnings": run.warnings,
+               # with --url this is the client's machine, not the server's
+               ("client" if args.url else "machine"): machine(),
+               "summary": summary, "records": [asdict(r) for r in run.records]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0

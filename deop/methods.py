@@ -1,0 +1,125 @@
+"""The classification methods as objects: what each needs, which cached stage gives its image embeddings,
+and how it labels a request. The pipeline runs any of them the same way; "both" is a pair of them.
+
+Adding a method is one class and one entry in ``METHODS``; ``RUNS`` says what each ``method=`` choice
+runs, and a run of two methods is a comparison (the second's cost over the first's is the speed-up).
+Importing this module imports no torch: each method imports the classification code when it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pipeline import Request, Segmenter, TimedValue
+
+
+@dataclass
+class Labels:
+    """One method's answer at the working size. probs: [N, C] per segment (None without segments);
+    similarity: [C, gh, gw] class-patch cosine similarity when the method has the dense map."""
+
+    label_map: np.ndarray
+    probs: torch.Tensor | None = None
+    similarity: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """name: the ``method=`` value; uses_proposals: needs SAM's masks (and its segments are listed)."""
+
+    name: str
+    title: str
+    uses_proposals: bool
+    description: str = ""
+
+    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+        """The method's cached image stage (reported as ``image_encoding``) and whether it was reused."""
+        raise NotImplementedError
+
+    def classify(self, request: Request, encoded: Any) -> Labels:
+        raise NotImplementedError
+
+
+def _proposal_label_map(request: Request, probs: torch.Tensor, fill: np.ndarray | None) -> np.ndarray:
+    """Each segment's pixels get its label (or -1 below the threshold); with `fill`, pixels no segment
+    covers take the dense per-pixel label instead of -1."""
+    from .classify import labels_from
+
+    seg_label, _ = labels_from(probs, request.options.none_threshold)
+    segment_map = request.proposals.segment_map
+    label_map = np.append(seg_label, -1).astype(np.int32)[segment_map]  # index -1 → the appended "none"
+    if fill is not None:
+        label_map = np.where(segment_map >= 0, label_map, fill).astype(np.int32)
+    return label_map
+
+
+class DenseMap(Method):
+    """Methods that read one dense CLIP pass: the pass is the cached stage; the class-patch similarity
+    (the heatmaps) comes with them."""
+
+    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+        return segmenter.features(request.work, request.options, request.key)
+
+    def _similarity(self, request: Request, features: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        from .classify import dense_labels, dense_similarity
+
+        sim = dense_similarity(features, request.text)
+        opts = request.options
+        fill = None
+        if not self.uses_proposals or opts.fill_uncovered:
+            fill = dense_labels(sim, request.work.shape[:2], opts.logit_scale, opts.none_threshold)[0]
+        return sim, fill
+
+
+class OnePass(DenseMap):
+    def classify(self, request: Request, encoded: torch.Tensor) -> Labels:
+        from .classify import pool_segments, probabilities
+
+        sim, fill = self._similarity(request, encoded)
+        probs = probabilities(pool_segments(encoded, request.proposals), request.text, request.options.logit_scale)
+        return Labels(_proposal_label_map(request, probs, fill), probs, sim.cpu().numpy())
+
+
+class Dense(DenseMap):
+    def classify(self, request: Request, encoded: torch.Tensor) -> Labels:
+        sim, fill = self._similarity(request, encoded)
+        return Labels(fill, None, sim.cpu().numpy())
+
+
+class Crop(Method):
+    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+        return segmenter.crop_embeddings(request.work, request.proposals, request.options, request.key,
+                                         request.deadline)
+
+    def classify(self, request: Request, encoded: torch.Tensor) -> Labels:
+        from .classify import probabilities
+
+        probs = probabilities(encoded, request.text, request.options.logit_scale)
+        return Labels(_proposal_label_map(request, probs, None), probs)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    OnePass("one-pass", "One pass (DeOP)", True, "each mask pooled from one dense CLIP pass over the image"),
+    Crop("crop", "Crop baseline", True, "one CLIP pass per masked crop, as OVSeg and SimBaseline do"),
+    Dense("dense", "Dense (no SAM)", False, "every pixel classified from the dense CLIP map, no proposals"),
+)}
+
+# What each ``method=`` choice runs; a pair is compared side by side (the same proposals and text).
+RUNS: dict[str, tuple[str, ...]] = {"one-pass": ("one-pass",), "crop": ("crop",), "both": ("one-pass", "crop"),
+                                    "dense": ("dense",)}
+METHOD_CHOICES: tuple[str, ...] = tuple(RUNS)
+METHOD_TITLES: dict[str, str] = {name: m.title for name, m in METHODS.items()}
+
+
+def methods_of(choice: str) -> tuple[Method, ...]:
+    from .errors import OptionError
+
+    if choice not in RUNS:
+        raise OptionError(f"unknown method {choice!r}; choose from {', '.join(RUNS)}")
+    return tuple(METHODS[name] for name in RUNS[choice])

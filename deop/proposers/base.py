@@ -1,0 +1,314 @@
+"""What every proposal model shares: its spec, the masks it returns, and the rule that makes them disjoint.
+
+A proposal model is a ``ProposerSpec`` (a name, a title, its weights, its family's build parameters) whose
+``ProposerFamily`` knows how to build, resize and run that kind of network. Everything outside this
+package asks the spec; nothing else knows which family runs.
+
+SAM's automatic generators return overlapping masks (a shirt inside a person inside a crowd). A label map
+needs each pixel in at most one segment, so overlaps are resolved by one documented rule: masks are
+painted from the largest to the smallest, so a smaller mask wins the pixels it shares with a larger one
+(objects stay visible on top of the regions around them, as in the official DeOP demo). A mask left
+with no pixel is dropped. The result is a segment-id map, far smaller than a stack of boolean masks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import MissingPackageError, OptionError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..config import ProposalConfig
+    from ..timing import Deadline
+    from ..weights import Checkpoint, HubCheckpoint
+
+
+@dataclass
+class MaskSet:
+    """Masks of one image in the generator's order, each kept as its tight box and the crop inside it
+    (a few hundred full-image masks of a 1024 px photo would hold hundreds of megabytes).
+
+    boxes: (N, 4) x0, y0, x1, y1 with inclusive ends, as SAM's ``batched_mask_to_box``.
+    crops: mask i restricted to boxes[i], shape (y1 - y0 + 1, x1 - x0 + 1); (0, 0) for an empty mask.
+    """
+
+    image_size: tuple[int, int]
+    boxes: np.ndarray
+    crops: list[np.ndarray]
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    point_coords: np.ndarray
+    crop_boxes: np.ndarray
+    areas: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def full_mask(self, i: int) -> np.ndarray:
+        mask = np.zeros(self.image_size, dtype=bool)
+        crop = self.crops[i]
+        if crop.size:
+            x0, y0 = int(self.boxes[i][0]), int(self.boxes[i][1])
+            mask[y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]] = crop
+        return mask
+
+    def select(self, index: np.ndarray | Sequence[int]) -> MaskSet:
+        index = np.asarray(index, dtype=np.int64)
+        return MaskSet(self.image_size, self.boxes[index], [self.crops[i] for i in index], self.predicted_iou[index],
+                       self.stability_score[index], self.point_coords[index], self.crop_boxes[index],
+                       self.areas[index])
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The stock generators' output in ``binary_mask`` mode, for comparisons with them."""
+        return [{"segmentation": self.full_mask(i), "area": int(self.areas[i]),
+                 "bbox": [int(self.boxes[i][0]), int(self.boxes[i][1]), int(self.boxes[i][2] - self.boxes[i][0]),
+                          int(self.boxes[i][3] - self.boxes[i][1])],
+                 "predicted_iou": float(self.predicted_iou[i]), "point_coords": [self.point_coords[i].tolist()],
+                 "stability_score": float(self.stability_score[i]), "crop_box": [int(v) for v in self.crop_boxes[i]]}
+                for i in range(len(self))]
+
+    @classmethod
+    def from_masks(cls, masks: Sequence[np.ndarray] | np.ndarray, scores: np.ndarray | None = None,
+                   shape: tuple[int, int] | None = None) -> MaskSet:
+        """Full-image boolean masks (as the stock generators and tests give them) in this form."""
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        if shape is None:
+            if not masks:
+                raise ValueError("a mask set needs an image size when there are no masks")
+            shape = masks[0].shape
+        boxes, crops = np.zeros((len(masks), 4), dtype=np.int64), []
+        for i, m in enumerate(masks):
+            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            if len(rows):
+                boxes[i] = (cols[0], rows[0], cols[-1], rows[-1])
+                crops.append(m[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1])
+            else:
+                crops.append(np.zeros((0, 0), dtype=bool))
+        n = len(masks)
+        score = np.zeros(n, dtype=np.float32) if scores is None else np.asarray(scores, dtype=np.float32)
+        return cls(tuple(shape), boxes, crops, score, np.zeros(n, dtype=np.float32), np.zeros((n, 2)),
+                   np.zeros((n, 4), dtype=np.int64), np.array([int(c.sum()) for c in crops], dtype=np.int64))
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]], shape: tuple[int, int]) -> MaskSet:
+        """The stock generators' list of dicts in this form."""
+        masks = cls.from_masks([r["segmentation"] for r in records], shape=shape)
+        n = len(records)
+        if n:
+            masks.predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
+            masks.stability_score = np.array([r["stability_score"] for r in records], dtype=np.float32)
+            masks.point_coords = np.array([r["point_coords"][0] for r in records], dtype=np.float64)
+            masks.crop_boxes = np.array([r["crop_box"] for r in records], dtype=np.int64)
+        return masks
+
+
+@dataclass
+class Proposals:
+    """Disjoint segments of one image.
+
+    segment_map: (H, W) int32, -1 where no segment, else the segment index.
+    scores: (N,) the model's predicted IoU of each segment.
+    boxes: (N, 4) int x0, y0, x1, y1 (exclusive ends) of each segment.
+    areas: (N,) pixel count of each segment.
+    raw_count: masks the model returned before the limit and the overlap resolution.
+    """
+
+    segment_map: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+    raw_count: int
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def mask(self, index: int) -> np.ndarray:
+        return self.segment_map == index
+
+
+def segment_boxes(segment_map: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x0, y0, x1, y1; exclusive ends) and areas of segments 0..n-1 in one pass over the map."""
+    h, w = segment_map.shape
+    ys, xs = np.nonzero(segment_map >= 0)
+    ids = segment_map[ys, xs]
+    areas = np.bincount(ids, minlength=n).astype(np.int64)
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    if n and len(ids):
+        x0 = np.full(n, w, dtype=np.int64)
+        y0 = np.full(n, h, dtype=np.int64)
+        x1 = np.zeros(n, dtype=np.int64)
+        y1 = np.zeros(n, dtype=np.int64)
+        np.minimum.at(x0, ids, xs)
+        np.minimum.at(y0, ids, ys)
+        np.maximum.at(x1, ids, xs + 1)
+        np.maximum.at(y1, ids, ys + 1)
+        boxes = np.stack([x0, y0, x1, y1], axis=1)
+    return boxes, areas
+
+
+def resolve_overlaps(masks: MaskSet | Sequence[np.ndarray] | np.ndarray, scores: np.ndarray | None = None,
+                     shape: tuple[int, int] | None = None) -> Proposals:
+    """Paint masks largest first so smaller ones win shared pixels; drop masks that end up empty.
+
+    Segments are numbered in paint order (largest first). Their union equals the union of the input.
+    Scores default to the mask set's predicted IoU.
+    """
+    if not isinstance(masks, MaskSet):
+        masks = MaskSet.from_masks(masks, scores, shape)
+    elif scores is not None:
+        masks.predicted_iou = np.asarray(scores, dtype=np.float32)
+    order = np.argsort(-masks.areas, kind="stable")
+    painted = np.full(masks.image_size, -1, dtype=np.int32)
+    for rank, idx in enumerate(order):
+        crop = masks.crops[idx]
+        if crop.size:
+            x0, y0 = int(masks.boxes[idx][0]), int(masks.boxes[idx][1])
+            painted[y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]][crop] = rank
+    present = np.unique(painted[painted >= 0])
+    remap = np.full(len(masks) + 1, -1, dtype=np.int32)
+    remap[present] = np.arange(len(present), dtype=np.int32)
+    segment_map = remap[painted]  # painted == -1 indexes the last slot, which stays -1
+    boxes, seg_areas = segment_boxes(segment_map, len(present))
+    return Proposals(segment_map, masks.predicted_iou[order][present], boxes, seg_areas, raw_count=len(masks))
+
+
+def keep_best(masks: MaskSet, limit: int) -> MaskSet:
+    """At most `limit` masks (0: all), those with the highest predicted IoU; ties keep the earlier mask."""
+    if not limit or len(masks) <= limit:
+        return masks
+    order = sorted(range(len(masks)), key=lambda i: -masks.predicted_iou[i])[:limit]
+    return masks.select(order)
+
+
+class ProposerFamily:
+    """How one kind of network is built, resized and run; subclassed once per family (sam.py, sam2.py, ...).
+
+    package: the import name of the PyPI package that holds the family's official code.
+    """
+
+    name: str = ""
+    package: str = ""
+    install_hint: str = ""
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
+
+    def require(self) -> None:
+        if not self.available():
+            raise MissingPackageError(self.install_hint)
+
+    def build(self, spec: ProposerSpec, random_weights: bool, checkpoint_dir: Path | None,
+              download: bool) -> nn.Module:
+        """The network on the CPU, in eval mode, with its weights (or the seeded random ones)."""
+        raise NotImplementedError
+
+    def input_size(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+    def at_input_size(self, model: nn.Module, size: int) -> nn.Module:
+        """The same network (weights shared) run at a `size` x `size` input."""
+        raise NotImplementedError
+
+    def generate(self, model: nn.Module, image: np.ndarray, config: ProposalConfig,
+                 deadline: Deadline | None = None) -> MaskSet:
+        """Our automatic mask generator: exactly the stock generator's masks at equal settings."""
+        raise NotImplementedError
+
+    def stock_generator(self, model: nn.Module, config: ProposalConfig) -> Any:
+        """The family's own automatic mask generator at these settings (``.generate(image)`` gives its list
+        of dicts), for the tests' and the bench's comparisons."""
+        raise NotImplementedError
+
+    def stock_model(self, model: nn.Module) -> Any:
+        """A context manager giving the model as its package ships it (the bench's stock reference)."""
+        from contextlib import nullcontext
+
+        return nullcontext(model)
+
+
+@dataclass(frozen=True)
+class ProposerSpec:
+    """One proposal model: a registry entry (``deop.proposers.PROPOSERS``).
+
+    arch: the family's build parameters. weights: where its checkpoint comes from (None: random weights
+    only, for tests). in_app: offered in the app's Proposal model menu when its package is installed.
+    fixed_input_size: the only encoder input the network runs at (MobileSAM's TinyViT), or None.
+    """
+
+    name: str
+    title: str
+    family: ProposerFamily
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    weights: Checkpoint | HubCheckpoint | None = None
+    in_app: bool = False
+    fixed_input_size: int | None = None
+    description: str = ""
+
+    def available(self) -> bool:
+        return self.family.available()
+
+    def input_size_for(self, requested: int) -> int:
+        """The encoder input this model runs at for a requested ``sam_input_size``."""
+        return self.fixed_input_size or requested
+
+    def check_random_only(self, random_weights: bool) -> None:
+        if self.weights is None and not random_weights:
+            raise OptionError(f"proposal model {self.name!r} exists only with random weights (for tests)")
+
+
+@dataclass
+class Proposer:
+    """A loaded proposal model at one encoder input size: what the pipeline calls."""
+
+    spec: ProposerSpec
+    model: Any
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.family.input_size(self.model)
+
+    def masks(self, image: np.ndarray, config: ProposalConfig, deadline: Deadline | None = None) -> MaskSet:
+        import torch
+
+        with torch.inference_mode():
+            return self.spec.family.generate(self.model, image, config, deadline)
+
+    def propose(self, image: np.ndarray, config: ProposalConfig, deadline: Deadline | None = None) -> Proposals:
+        """The model's masks for an RGB uint8 image, limited to ``config.max_masks`` by predicted IoU, made
+        disjoint."""
+        masks = self.masks(image, config, deadline)
+        proposals = resolve_overlaps(keep_best(masks, config.max_masks))
+        proposals.raw_count = len(masks)
+        return proposals
+
+    def stock_generator(self, config: ProposalConfig) -> Any:
+        return self.spec.family.stock_generator(self.model, config)
+
+
+def with_modules(module: Any, **children: Any) -> Any:
+    """A shallow copy of `module` with some child modules replaced; the others, and every weight, shared."""
+    import copy
+
+    out = copy.copy(module)
+    out._modules = {**module._modules, **children}
+    return out
+
+
+def prompt_encoder_at(prompt: Any, size: int, grid: int) -> Any:
+    """A copy of a SAM-family prompt encoder (SAM, SAM 2 and MobileSAM keep these three sizes) for a
+    `size` px input whose embedding is `grid` x `grid`; the weights are shared."""
+    import copy
+
+    prompt = copy.copy(prompt)
+    prompt.image_embedding_size = (grid, grid)
+    prompt.input_image_size = (size, size)
+    prompt.mask_input_size = (4 * grid, 4 * grid)
+    return prompt
