@@ -68,9 +68,12 @@ class DatasetError(DeopError, ValueError):
 USER_ERRORS: tuple[type[BaseException], ...] = (DeopError,)
 
 
-def internal_error(exc: BaseException, log: logging.Logger, context: str = "request") -> str:
-    """Log `exc` with its traceback under a fresh short id and return the line a user should see."""
+def internal_error(exc: BaseException, log: logging.Logger | None, context: str = "request") -> str:
+    """Log `exc` with its traceback under a fresh short id and return the line a user should see; with no
+    log (the CLI), the caller prints the traceback itself."""
     error_id = secrets.token_hex(4)
+    if log is None:
+        return f"internal error (id {error_id}): this is a bug, not something in your input; the traceback is above"
     log.error("internal error %s in %s: %s", error_id, context, exc, exc_info=exc)
     return (f"internal error (id {error_id}): this is a bug, not something in your input; the server log "
             f"has the details under that id")

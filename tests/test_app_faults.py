@@ -155,3 +155,23 @@ def test_cached_images_are_replaced_not_rewritten_under_a_reader(tmp_path):
         assert os.stat(path).st_ino != first  # a new file renamed into place, the reader's one untouched
         assert reader.read() == Path(path).read_bytes()
     assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_a_bug_is_shown_as_an_internal_error_with_an_id_and_logged(client, good_image, monkeypatch, caplog):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from deop.pipeline import Segmenter
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Segmenter, "segment", broken)
+    with caplog.at_level("ERROR", logger="deop.app"), pytest.raises(AppError) as info:
+        client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")
+    message = str(info.value)
+    assert "internal error (id " in message and "KeyError" not in message
+    error_id = message.split("(id ")[1].split(")")[0]
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    assert client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")[0]["annotations"]

@@ -151,3 +151,18 @@ def test_every_sam_option_flag_reaches_the_proposal_config():
                                                         for v in (flag, value)]
     proposals = options_from_args(build_parser().parse_args(argv)).proposals
     assert {name: getattr(proposals, name) for name, _ in flags.values()} == dict(flags.values())
+
+
+def test_a_bug_is_an_internal_error_with_an_id_and_its_traceback(images, tmp_path, monkeypatch, capsys):
+    """Only our own errors are one-line messages; anything else is a bug: shown with an id to quote and
+    logged with its traceback, never passed off as a user error."""
+    from deop.pipeline import Segmenter
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Segmenter, "segment", broken)
+    code = main(["segment", str(images / "a.png"), "--classes", "sky", "--out", str(tmp_path / "o"), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 3 and "error: internal error (id " in err
+    assert "Traceback" in err and "KeyError: 'a bug'" in err

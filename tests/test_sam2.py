@@ -255,3 +255,14 @@ def test_random_sam2_weights_repeat_across_builds(sam2_full):
     again = build_sam(KIND, random_weights=True)
     a, b = sam2_full.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_bench_compares_sam2_with_its_own_stock_generator():
+    """``bench --sam sam2.1_hiera_t`` used to build segment_anything's generator for it and crash."""
+    from deop.bench.measure import Bench
+
+    seg = Segmenter(replace(SMALL_CONFIG, sam_kind=KIND))
+    records = [r.to_dict() for r in Bench(seg, repeats=1, warmup=0).proposals_vs_stock(points_per_side=2, size=128)]
+    assert [(r["method"], r["sam_model"]) for r in records] == [("stock", KIND), ("deop", KIND)]
+    assert all(r["seconds_median"] > 0 for r in records)

@@ -10,14 +10,12 @@ is a bug, printed with its traceback under a short id.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ..errors import USER_ERRORS, internal_error
 from . import bench, bench_app, evaluate, segment
-
-log = logging.getLogger("deop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: its traceback goes to stderr (the log), with an id to quote
-        logging.basicConfig()
-        print(f"error: {internal_error(exc, log, args.command)}", file=sys.stderr)
+    except Exception as exc:  # a bug: its traceback on stderr, then the line to quote
+        traceback.print_exception(exc, file=sys.stderr)
+        print(f"error: {internal_error(exc, None, args.command)}", file=sys.stderr)
         return 3
