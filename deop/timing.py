@@ -52,15 +52,3 @@ class Deadline:
             where = f" during {stage}" if stage else ""
             raise SegmentTimeout(f"stopped after the {self.seconds:g} s time limit{where}; try a smaller image, "
                                  "fewer points per side or the 'fast' preset")
-
-
-class DeadlineBatches:
-    """Mixin for SAM's and SAM 2's automatic mask generators: check ``self.deadline`` before each batch of
-    point prompts, the generators' unit of work, so a long request stops between batches (outputs
-    unchanged). Both generators name that step ``_process_batch``."""
-
-    deadline: Deadline
-
-    def _process_batch(self, *args, **kwargs):
-        self.deadline.check("mask proposals")
-        return super()._process_batch(*args, **kwargs)

@@ -7,6 +7,7 @@ config keeps the automatic mask generator to well under a second per image on tw
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -17,6 +18,11 @@ from deop import ProposalConfig, Segmenter, SegmenterConfig, SegmentOptions
 from deop.bench.app import free_port
 
 torch.manual_seed(0)
+# The apps the tests launch keep their files in one folder of this run, as app.py gives each app its own:
+# Gradio reads its upload folder from the environment at request time, so it is set for the whole session.
+_APP_DIR = tempfile.mkdtemp(prefix="deop-test-app-")
+os.environ["DEOP_APP_DIR"] = _APP_DIR
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(_APP_DIR, "gradio")
 
 # Thresholds at zero: a random SAM's quality scores are noise, and the tests need some masks.
 SMALL_PROPOSALS = ProposalConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
@@ -90,3 +96,7 @@ def serve(demo):
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+# The automatic mask generator's own models and images (tests/amg_support.py, test_amg.py).
+pytest_plugins = ["amg_support"]

@@ -34,10 +34,15 @@ if TYPE_CHECKING:
 @dataclass
 class MaskSet:
     """Masks of one image in the generator's order, each kept as its tight box and the crop inside it
-    (a few hundred full-image masks of a 1024 px photo would hold hundreds of megabytes).
+    (a few hundred full-image masks of a 1024 px photo would hold hundreds of megabytes). Coordinates are
+    in the input image's pixels.
 
-    boxes: (N, 4) x0, y0, x1, y1 with inclusive ends, as SAM's ``batched_mask_to_box``.
-    crops: mask i restricted to boxes[i], shape (y1 - y0 + 1, x1 - x0 + 1); (0, 0) for an empty mask.
+    boxes: (N, 4) x0, y0, x1, y1 with inclusive ends, the stock generators' values; an empty mask has a
+        (0, 0) crop and stock's box for it ((0, 0, 0, 0) shifted by the offset of the image crop it came from).
+    The two ``record_float_*`` flags say whether stock's records carry those boxes as floats: SAM 2's
+    always do (its ``MaskData.to_numpy`` casts to float); SAM v1's do when torch's type promotion turned
+    them float, which happens when some batch of point prompts kept no mask or, for ``crop_boxes``, some
+    image crop kept none. They only matter to ``to_records``, for comparisons with stock.
     """
 
     image_size: tuple[int, int]
@@ -48,6 +53,8 @@ class MaskSet:
     point_coords: np.ndarray
     crop_boxes: np.ndarray
     areas: np.ndarray
+    record_float_boxes: bool = False
+    record_float_crop_boxes: bool = False
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -56,24 +63,29 @@ class MaskSet:
         mask = np.zeros(self.image_size, dtype=bool)
         crop = self.crops[i]
         if crop.size:
-            x0, y0 = int(self.boxes[i][0]), int(self.boxes[i][1])
-            mask[y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]] = crop
+            x0, y0 = int(self.boxes[i, 0]), int(self.boxes[i, 1])
+            mask[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
         return mask
 
     def select(self, index: np.ndarray | Sequence[int]) -> MaskSet:
         index = np.asarray(index, dtype=np.int64)
         return MaskSet(self.image_size, self.boxes[index], [self.crops[i] for i in index], self.predicted_iou[index],
                        self.stability_score[index], self.point_coords[index], self.crop_boxes[index],
-                       self.areas[index])
+                       self.areas[index], self.record_float_boxes, self.record_float_crop_boxes)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """The stock generators' output in ``binary_mask`` mode, for comparisons with them."""
-        return [{"segmentation": self.full_mask(i), "area": int(self.areas[i]),
-                 "bbox": [int(self.boxes[i][0]), int(self.boxes[i][1]), int(self.boxes[i][2] - self.boxes[i][0]),
-                          int(self.boxes[i][3] - self.boxes[i][1])],
-                 "predicted_iou": float(self.predicted_iou[i]), "point_coords": [self.point_coords[i].tolist()],
-                 "stability_score": float(self.stability_score[i]), "crop_box": [int(v) for v in self.crop_boxes[i]]}
-                for i in range(len(self))]
+        """The stock generators' ``generate()`` output in binary_mask mode, same values and Python types."""
+        xywh = self.boxes.copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        crop_xywh = self.crop_boxes.copy()
+        crop_xywh[:, 2:] -= crop_xywh[:, :2]
+        bboxes = (xywh.astype(np.float32) if self.record_float_boxes else xywh).tolist()
+        crop_boxes = (crop_xywh.astype(np.float32) if self.record_float_crop_boxes else crop_xywh).tolist()
+        ious, stabilities = self.predicted_iou.tolist(), self.stability_score.tolist()
+        points = self.point_coords.tolist()
+        return [{"segmentation": self.full_mask(i), "area": int(self.areas[i]), "bbox": bboxes[i],
+                 "predicted_iou": ious[i], "point_coords": [points[i]], "stability_score": stabilities[i],
+                 "crop_box": crop_boxes[i]} for i in range(len(self))]
 
     @classmethod
     def from_masks(cls, masks: Sequence[np.ndarray] | np.ndarray, scores: np.ndarray | None = None,
@@ -96,18 +108,6 @@ class MaskSet:
         score = np.zeros(n, dtype=np.float32) if scores is None else np.asarray(scores, dtype=np.float32)
         return cls(tuple(shape), boxes, crops, score, np.zeros(n, dtype=np.float32), np.zeros((n, 2)),
                    np.zeros((n, 4), dtype=np.int64), np.array([int(c.sum()) for c in crops], dtype=np.int64))
-
-    @classmethod
-    def from_records(cls, records: Sequence[dict[str, Any]], shape: tuple[int, int]) -> MaskSet:
-        """The stock generators' list of dicts in this form."""
-        masks = cls.from_masks([r["segmentation"] for r in records], shape=shape)
-        n = len(records)
-        if n:
-            masks.predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
-            masks.stability_score = np.array([r["stability_score"] for r in records], dtype=np.float32)
-            masks.point_coords = np.array([r["point_coords"][0] for r in records], dtype=np.float64)
-            masks.crop_boxes = np.array([r["crop_box"] for r in records], dtype=np.int64)
-        return masks
 
 
 @dataclass

@@ -17,6 +17,8 @@ import numpy as np
 from ..weights import Checkpoint, ensure_weights, load_into, seeded_init
 from .base import MaskSet, ProposerFamily, ProposerSpec, prompt_encoder_at, with_modules
 
+__all__ = ["SAM", "SPECS", "SamFamily", "needs_float32_points"]
+
 
 class SamFamily(ProposerFamily):
     """SAM's plain-ViT encoder with its prompt encoder and mask decoder; MobileSAM subclasses it."""
@@ -83,18 +85,13 @@ class SamFamily(ProposerFamily):
                  float32_points: bool | None = None) -> MaskSet:
         """float32_points: send the point prompts as float32 (default: on Apple's MPS only, which has no
         float64; elsewhere they stay float64 as stock sends them, for exactly the stock masks)."""
-        from ..timing import Deadline, DeadlineBatches
+        from .amg import FastMaskGenerator
 
-        class Checked(DeadlineBatches, self._stock_class()):
-            pass
-
-        generator = Checked(model, output_mode="binary_mask", **config.generator_kwargs())
-        generator.deadline = deadline or Deadline(None)
         if float32_points is None:
             float32_points = needs_float32_points(model.device)
-        if float32_points:
-            generator.predictor.transform = float32_coords(generator.predictor.transform)
-        return MaskSet.from_records(generator.generate(image), image.shape[:2])
+        generator = FastMaskGenerator(model, "sam", **config.generator_kwargs(), float32_points=float32_points,
+                                      before_batch=_checker(deadline))
+        return generator.generate(image)
 
     def stock_generator(self, model: Any, config: Any) -> Any:
         return self._stock_class()(model, output_mode="binary_mask", **config.generator_kwargs())
@@ -106,22 +103,17 @@ class SamFamily(ProposerFamily):
 
 
 def needs_float32_points(device: Any) -> bool:
-    """Apple's MPS holds no float64 (segment-anything issue #94, below)."""
+    """SAM's automatic generator sends its float64 point grid to the model's device as it is, and Apple's
+    MPS has no float64, so on a Mac every request failed ("Cannot convert a MPS Tensor to float64 dtype",
+    segment-anything issue #94, open). The prompt encoder casts the points to float32 anyway; only the
+    ``+ 0.5`` and the scaling before that cast change rounding, so float32 points are sent on MPS alone
+    and the masks elsewhere stay exactly the stock generator's."""
     return getattr(device, "type", str(device)) == "mps"
 
 
-def float32_coords(transform: Any) -> Any:
-    """SAM's resize transform with float32 point coordinates.
-
-    SAM's automatic generator sends its float64 point grid to the model's device as it is, and Apple's
-    MPS has no float64, so on a Mac every request failed ("Cannot convert a MPS Tensor to float64
-    dtype", segment-anything issue #94, open). The prompt encoder casts the points to float32 anyway;
-    only the ``+ 0.5`` and the scaling before that cast change rounding, so it is used on MPS alone and
-    the masks elsewhere stay exactly the stock generator's."""
-    out = copy.copy(transform)
-    stock = transform.apply_coords
-    out.apply_coords = lambda coords, original_size: stock(coords, original_size).astype(np.float32)
-    return out
+def _checker(deadline: Any) -> Any:
+    """The deadline's check before each batch of point prompts: the generators' unit of work."""
+    return None if deadline is None else (lambda: deadline.check("mask proposals"))
 
 
 SAM = SamFamily()

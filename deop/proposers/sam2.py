@@ -95,19 +95,19 @@ class Sam2Family(ProposerFamily):
         return generator
 
     def generate(self, model: Any, image: np.ndarray, config: Any, deadline: Any = None) -> MaskSet:
-        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        from ..timing import Deadline, DeadlineBatches
+        from .amg import FastMaskGenerator
+        from .sam import _checker
 
-        class Checked(DeadlineBatches, SAM2AutomaticMaskGenerator):
-            pass
-
+        area = config.min_mask_region_area  # stock SAM 2 hands it to its predictor (hole filling), not post hoc
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            generator = Checked(model, output_mode="binary_mask", **config.generator_kwargs())
-        generator.deadline = deadline or Deadline(None)
-        prepare_predictor(generator.predictor, model)
-        return MaskSet.from_records(generator.generate(image), image.shape[:2])
+            warnings.simplefilter("ignore")  # torch.jit.script deprecation in SAM2Transforms
+            predictor = SAM2ImagePredictor(model, max_hole_area=area, max_sprinkle_area=area)
+            prepare_predictor(predictor, model)
+            generator = FastMaskGenerator(model, "sam2", **config.generator_kwargs(), predictor=predictor,
+                                          before_batch=_checker(deadline))
+            return generator.generate(image)
 
 
 SAM2 = Sam2Family()
