@@ -1,56 +1,97 @@
 """Gradio front end: layout and wiring only; everything it shows comes from the deop package.
 
 The Advanced panel's widgets, the /segment handler's parameters and the order of its API inputs are
-generated from the option descriptions in ``deop.config`` (``APP_OPTIONS``), and its outputs are named
-in ``deop.ui.SEGMENT_OUTPUTS``, so an option is added in one place.
+generated from the option descriptions in ``deop.config`` (``APP_OPTIONS``), its outputs are named in
+``deop.ui.SEGMENT_OUTPUTS``, and what a public server needs (bounded sessions, temp-file clean-up, strict
+input checks, cost estimates) is ``deop.serving``'s. What is here is what only Gradio can do: components,
+events, the client-gone probe, and ZeroGPU's decorator.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import inspect
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from deop import ui
+from deop import serving, ui
 from deop.arguments import add_model_arguments, add_option_arguments, config_from_args, env_default
 from deop.config import APP_OPTIONS, Option, SegmenterConfig, option_value, request_options
-from deop.errors import USER_ERRORS, internal_error
-from deop.images import load_image
+from deop.errors import USER_ERRORS, OptionError, internal_error
+from deop.images import load_image, resize_max_side
 from deop.methods import METHOD_CHOICES
 from deop.models import RANDOM_WEIGHTS_WARNING
 from deop.pipeline import Segmenter
 from deop.presets import PRESET_TITLES, PRESETS
-from deop.vocabulary import Vocabulary
+from deop.vocabulary import Vocabulary, parse_vocabulary
 
 ROOT = Path(__file__).resolve().parent
+ASSETS = ROOT / "assets"
 log = logging.getLogger("deop.app")
 CLICK_HINT = "Click a segment in the image above, or a class in an overlay's legend, to see its top-5 classes."
+EXPIRED = ("This result is no longer kept on the server (it keeps the latest ones, for an hour); press Segment "
+           "again.")
 HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man, woman, child` is one class. "
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
+MAX_FILE_SIZE = "25mb"
+NO_IMAGE = "Upload an image first (or click an example)."
+
+
+def work_dir() -> Path:
+    """This app's own folder for uploads, Gradio's cache, results and the examples' cache: $DEOP_APP_DIR,
+    else a folder of this user's in the system temp directory, not the machine-wide /tmp/gradio that every
+    Gradio app on the host shares (and whose files any of them serves to whoever knows a path)."""
+    folder = Path(os.environ.get("DEOP_APP_DIR") or Path(tempfile.gettempdir()) / f"deop-app-{os.getuid()}")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def raw_input(component: gr.components.Component) -> gr.components.Component:
+    """Hand the handler the value exactly as the client sent it: Gradio's own preprocessing coerces
+    (``"no"`` stays a truthy checkbox, 10.7 passes an integer slider, None becomes the class "None") or
+    fails with a generic error, while ``deop.serving`` checks each input and names it. The API schema is
+    the component's and stays as it was."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def image_input(**kwargs) -> gr.Image:
-    """An image upload whose file reaches ``deop.images.load_image`` unopened.
+    """An image upload whose file reaches ``deop.images.load_image`` unopened, and only if it is an upload.
 
     Stock gr.Image opens every upload with PIL before our code runs, so a non-image, a truncated file or a
-    decompression bomb fails inside Gradio with a bare "Error"; our loader names the problem instead and
-    handles what PIL alone gets wrong (EXIF rotation, CMYK, 16-bit, alpha). The override is per instance:
-    a gr.Image subclass would make Gradio write a type-stub file next to this one at import time."""
+    decompression bomb fails inside Gradio with a bare "Error"; our loader names the problem instead. And
+    gr.Image takes ``{"path": ...}`` for any path on the server when the call carries no file metadata, so
+    an API call could have the app open (and segment, and send back) a file that was never uploaded: only
+    Gradio's upload folder and the example images are accepted. The override is per instance: a gr.Image
+    subclass would make Gradio write a type-stub file next to this one at import time."""
     component = gr.Image(type="filepath", **kwargs)
     stock = component.preprocess
 
     def preprocess(payload):
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return payload.path
-        return stock(payload)
+        if payload is None:
+            return None
+        if (payload.url or "").startswith("data:"):
+            try:
+                return stock(payload)
+            except Exception:
+                raise gr.Error("image: the data: URL is not a base64-encoded image") from None
+        path = Path(payload.path or "").resolve()
+        roots = (Path(gr.utils.get_upload_folder()).resolve(), ASSETS.resolve())
+        if not payload.path or not any(path.is_relative_to(r) for r in roots):
+            raise gr.Error("image: upload the file first (gradio_client.handle_file, or POST /gradio_api/upload) "
+                           "and send the path the upload returned")
+        return str(path)
 
     component.preprocess = preprocess
     return component
@@ -60,45 +101,115 @@ def option_widget(option: Option, value: Any) -> gr.components.Component:
     """The widget an option's description asks for, showing `value`."""
     w = option.meta.widget
     if w.kind == "slider":
-        return gr.Slider(w.minimum, w.maximum, value=value, step=w.step, label=w.label, info=w.info)
-    if w.kind == "dropdown":
-        return gr.Dropdown(option.choices, value=value, label=w.label, info=w.info)
-    if w.kind == "checkbox":
-        return gr.Checkbox(value=value, label=w.label, info=w.info)
-    raise ValueError(f"option {option.name} asks for an unknown widget kind {w.kind!r}")
+        widget = gr.Slider(w.minimum, w.maximum, value=value, step=w.step, label=w.label, info=w.info)
+    elif w.kind == "dropdown":
+        widget = gr.Dropdown(option.choices, value=value, label=w.label, info=w.info)
+    elif w.kind == "checkbox":
+        widget = gr.Checkbox(value=value, label=w.label, info=w.info)
+    else:
+        raise ValueError(f"option {option.name} asks for an unknown widget kind {w.kind!r}")
+    return raw_input(widget)
 
 
-def with_signature(fn, names: list[str], defaults: dict[str, Any]):
-    """Give a handler taking ``**values`` the named parameters Gradio's API shows (and gradio_client's
-    keyword arguments use), in the order of the event's inputs."""
+def with_signature(fn: Callable, names: list[str], defaults: dict[str, Any], progress: bool = True) -> Callable:
+    """A handler taking ``(values: dict, progress)`` given the named parameters Gradio's API shows (and
+    gradio_client's keyword arguments use), in the order of the event's inputs; generators stay generators."""
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                 default=defaults.get(n, inspect.Parameter.empty)) for n in names]
-    params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))
+    if progress:
+        params.append(inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()))
 
-    def handler(*args, progress=gr.Progress()):
-        return fn(dict(zip(names, args)), progress)
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args, progress=None):
+            yield from fn(dict(zip(names, args)), progress)
+    else:
+        def handler(*args, progress=None):
+            return fn(dict(zip(names, args)), progress)
 
     handler.__signature__ = inspect.Signature(params)
     handler.__name__ = fn.__name__
     return handler
 
 
-def user_errors(fn):
+def user_errors(fn: Callable) -> Callable:
     """Our own errors become a message naming the problem; anything else is a bug: logged with its
     traceback on the server and shown only as an internal error with an id to quote, never a traceback
     or Gradio's generic "Error"."""
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:
-            raise gr.Error(internal_error(exc, log, fn.__name__)) from None
+    def convert(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, USER_ERRORS):
+            return gr.Error(str(exc))
+        return gr.Error(internal_error(exc, log, fn.__name__))
 
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise convert(exc) from None
+    else:
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                raise convert(exc) from None
     return wrapped
+
+
+def client_alive(demo: gr.Blocks) -> Callable[[], bool]:
+    """A probe, made in the handler's own thread, that turns False once the request's client is gone
+    (page closed, API client killed): Gradio marks the event dead when its stream closes but never stops
+    a running function, so without this an abandoned request holds the queue to the end. Gradio's queue
+    is private API; where it is not found, the client counts as present."""
+    try:
+        from gradio.context import LocalContext
+
+        event = demo._queue.event_ids_to_events.get(LocalContext.event_id.get(None))
+    except Exception:  # another Gradio version: degrade to "always there"
+        event = None
+    return (lambda: bool(event.alive)) if event is not None else (lambda: True)
+
+
+def on_gpu(fn: Callable, duration: Callable[..., float]) -> Callable:
+    """ZeroGPU's ``@spaces.GPU`` (a GPU attached for the call, `duration` seconds asked from the inputs)
+    when the ``spaces`` package is installed; outside a ZeroGPU Space it returns the function unchanged."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=duration)(fn)
+
+
+def pad_missing_inputs(demo: gr.Blocks) -> None:
+    """A raw API call may send only its first inputs (the README's three): the rest take the components'
+    defaults, as gradio_client fills them, instead of failing with an error Gradio hides."""
+    stock = demo.validate_inputs
+
+    def validate_inputs(block_fn, inputs):
+        missing = block_fn.inputs[len(inputs):]
+        inputs.extend(getattr(block, "value", None) for block in missing)
+        return stock(block_fn, inputs)
+
+    demo.validate_inputs = validate_inputs
+
+
+@contextmanager
+def examples_cache(folder: Path):
+    """Gradio reads the examples' cache folder from the environment when an Examples block is made; each
+    model configuration gets its own, so that examples cached with random weights are never served with
+    real ones."""
+    old = os.environ.get("GRADIO_EXAMPLES_CACHE")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("GRADIO_EXAMPLES_CACHE", None)
+        else:
+            os.environ["GRADIO_EXAMPLES_CACHE"] = old
 
 
 def atomic_image_cache() -> None:
@@ -130,56 +241,132 @@ def atomic_image_cache() -> None:
     pu.save_pil_to_cache = save_pil_to_cache
 
 
-def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_size: int = 16) -> gr.Blocks:
+@dataclass
+class AppParts:
+    """What a built app holds besides its Blocks: the models, the session store, the temp-file janitor."""
+
+    segmenter: Segmenter
+    loader: ui.ModelLoader
+    sessions: serving.SessionStore
+    janitor: serving.Janitor
+    folder: Path
+
+
+def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_size: int = 16,
+              calibrate: bool = True, session_bytes: int = 192 * 2**20, folder: Path | None = None) -> gr.Blocks:
+    """The app. `calibrate`: measure this device's costs after loading, to refuse up front a request that
+    cannot fit `time_limit`; `session_bytes`: what all sessions' views may hold together; `folder`: this
+    app's files (``work_dir()`` by default)."""
     atomic_image_cache()
+    folder = Path(folder or work_dir())
+    zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))  # no CUDA outside a @spaces.GPU call: nothing to calibrate
     segmenter = Segmenter(config)
-    loader = ui.ModelLoader(segmenter).start()
+    loader = ui.ModelLoader(segmenter, (lambda s: serving.calibrate(s, config.options))
+                            if calibrate and not zero_gpu else None).start()
     models = ui.proposal_models(segmenter)
     segmenters = ui.SegmenterPool(segmenter, [kind for _, kind in models])
-    defaults = config.options
+    sessions = serving.SessionStore(session_bytes)
+    results = folder / "results"
+    janitor = serving.Janitor([results, Path(gr.utils.get_upload_folder())])
     options = [request_options()[name] for name in APP_OPTIONS]
-    examples = json.loads((ROOT / "assets" / "examples.json").read_text())
+    defaults = {"vocabulary": "cat, sofa, wall, blanket", "method": "both", "proposal_model": config.sam_kind,
+                **{o.name: option_value(config.options, o.name) for o in options}}
+    checks = serving.request_inputs(defaults, [kind for _, kind in models])
+    examples = json.loads((ASSETS / "examples.json").read_text())
+
+    def checked(values: dict[str, Any]) -> dict[str, Any]:
+        """Every input typed and in range, or an OptionError naming the first one that is not."""
+        return {c.name: c.check(values[c.name]) for c in checks}
+
+    def validate(values: dict[str, Any], progress=None) -> list:
+        """Before the queue: each bad input is named beside its widget (and in the API's error), so that
+        no request with a wrong value ever waits in line."""
+        out = [gr.validate(values["image"] is not None, NO_IMAGE)]
+        for c in checks:
+            try:
+                c.check(values[c.name])
+                out.append(gr.validate(True, ""))
+            except OptionError as exc:
+                out.append(gr.validate(False, str(exc)))
+        return out
+
+    def outputs(views: dict[str, Any], result, token: str) -> list:
+        crop = views["crop"]
+        return [views["one_pass"], gr.update(value=crop, visible=crop is not None or bool(result.pending)),
+                views["latency"], views["chart"], views["files"],
+                gr.update(choices=views["heatmap_classes"], value=views["heatmap_classes"][0]), views["inspect"],
+                ui.run_status(result), CLICK_HINT, token]
 
     @user_errors
-    def segment(values: dict[str, Any], progress: gr.Progress):
-        image = values["image"]
-        if image is None:
-            raise gr.Error("Upload an image first (or click an example).")
+    def segment(values: dict[str, Any], progress):
+        alive = client_alive(demo)
+        v = checked(values)
+        if values["image"] is None:
+            raise gr.Error(NO_IMAGE)
         loader.ready.wait()
         if loader.error:
             raise gr.Error(loader.error)
-        image = load_image(image, display_name=Path(str(image)).name)  # errors name the user's file only
-        overrides = {o.name: _coerce(o, values[o.name]) for o in options}
-        result = segmenters.get(values["proposal_model"]).segment(
-            image, values["vocabulary"], method=values["method"], timeout=time_limit,
-            progress=lambda f, d: progress(f, desc=d), **overrides)
-        views = ui.segment_views(image, result)
-        views["crop"] = gr.update(value=views["crop"], visible=views["crop"] is not None)
-        views["heatmap_classes"] = gr.update(choices=views["heatmap_classes"], value=views["heatmap_classes"][0])
-        state = {"image": image, "result": result, "view": views["inspect"]}
-        return [*(views[name] for name in ui.SEGMENT_OUTPUTS), CLICK_HINT, state]
+        seg = segmenters.get(v["proposal_model"])
+        opts = seg.config.options.with_overrides(**{o.name: v[o.name] for o in options})
+        image = load_image(values["image"], display_name=Path(str(values["image"])).name)
+        input_size = image.shape[:2]
+        work = resize_max_side(image, opts.max_side)  # all the session keeps; full size only for downloads
+        del image
+        vocabulary = parse_vocabulary(v["vocabulary"])
+        serving.check_cost(loader.costs, work.shape[:2], {**v, "sam_input_size": opts.proposals.sam_input_size,
+                                                          "crop_n_layers": opts.proposals.crop_n_layers},
+                           seg.text_cache.missing(seg.clip, vocabulary, opts.templates), time_limit)
+        janitor.maybe_sweep()
+        token = None
+        report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
+        try:
+            for result in seg.stream(work, vocabulary, v["method"], options=opts, timeout=time_limit,
+                                     progress=report, cancelled=lambda: not alive(), input_size=input_size):
+                views = ui.segment_views(work, result, results)
+                token = sessions.put(serving.SessionView(work, result, v), token)
+                yield outputs(views, result, token)
+        finally:
+            serving.release_memory()
+
+    def gpu_seconds(*args, **kwargs) -> float:
+        values = dict(zip(list(inputs), args))
+        points = values.get("points_per_side") or defaults["points_per_side"]
+        return min(120.0, 15.0 + 0.01 * float(points) ** 2 + (15.0 if values.get("method") in ("crop", "both") else 0))
 
     @user_errors
-    def heatmap(class_name, state):
-        return None if not state else ui.heatmap_for(state["image"], state["result"], class_name)
+    def example(image, vocabulary):
+        """An example's answer as Gradio caches it (lazily: the first visitor pays, later ones get it at
+        once): plain values only, no session (pressing Segment makes one)."""
+        *_, last = segment({**defaults, "image": image, "vocabulary": vocabulary}, None)
+        left, crop, latency, chart, files, _, view, status, _, token = last
+        sessions.drop(token)
+        return [left, crop["value"] or left, latency, chart, files, view, status]
 
     @user_errors
-    def click_legend(state, evt: gr.SelectData):
+    def heatmap(class_name, token):
+        view = sessions.get(token)
+        return None if view is None else ui.heatmap_for(view.image, view.result, class_name)
+
+    @user_errors
+    def click_legend(token, evt: gr.SelectData):
         """A click on a legend entry of the overlay (Gradio reports the annotation's index and label)."""
-        if not state:
-            return "Segment an image first."
+        view = sessions.get(token)
+        if view is None:
+            return EXPIRED if token else "Segment an image first."
         label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
-        return ui.class_segments(state["result"], str(label))
+        return ui.class_segments(view.result, str(label))
 
     @user_errors
-    def click_pixel(state, evt: gr.SelectData):
+    def click_pixel(token, evt: gr.SelectData):
         """A click on the inspector image: Gradio reports the pixel position in the image's own size."""
-        if not state or not isinstance(evt.index, (list, tuple)):
-            return gr.update(), "Segment an image first."
+        view = sessions.get(token)
+        if view is None or not isinstance(evt.index, (list, tuple)):
+            return gr.update(), EXPIRED if token else "Segment an image first."
         x, y = int(evt.index[0]), int(evt.index[1])
-        return ui.highlight_at(state["view"], state["result"], x, y), ui.segment_at(state["result"], x, y)
+        picture = ui.inspect_view(view.image, view.result)
+        return ui.highlight_at(picture, view.result, x, y), ui.segment_at(view.result, x, y)
 
-    with gr.Blocks(title="DeOP open-vocabulary segmentation") as demo:
+    with gr.Blocks(title="DeOP open-vocabulary segmentation", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# DeOP: open-vocabulary segmentation in one CLIP pass\n"
                     "Segment Anything proposes masks; CLIP runs **once** over the whole image "
                     "([DeOP, ICCV 2023](https://arxiv.org/abs/2305.01573)) and each mask is classified from the "
@@ -188,24 +375,25 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
             gr.HTML(f'<div id="random-banner" style="background:#c62828;color:white;padding:8px;'
                     f'border-radius:6px;font-weight:bold">{RANDOM_WEIGHTS_WARNING}</div>')
         status = gr.Markdown(loader.status(), elem_id="status")
-        state = gr.State(None)
+        state = gr.State(None, time_to_live=3600, delete_callback=sessions.drop)
         with gr.Row():
             with gr.Column(scale=2):
                 image = image_input(label="Image", sources=["upload", "clipboard", "webcam"])
                 preset = gr.Dropdown([("(none)", "")] + [(PRESET_TITLES[k], k) for k in PRESETS],
                                      value="", label="Vocabulary preset")
-                vocabulary = gr.Textbox(label="Classes", value="cat, sofa, wall, blanket", lines=3, info=HINT)
-                method = gr.Radio(list(METHOD_CHOICES), value="both", label="Method")
+                vocabulary = raw_input(gr.Textbox(label="Classes", value=defaults["vocabulary"], lines=3, info=HINT))
+                method = raw_input(gr.Radio(list(METHOD_CHOICES), value="both", label="Method"))
                 with gr.Accordion("Advanced", open=False):
-                    proposal_model = gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
-                                                 visible=len(models) > 1,
-                                                 info="loaded on first use; same options for all")
-                    widgets = {o.name: option_widget(o, option_value(defaults, o.name)) for o in options}
+                    proposal_model = raw_input(gr.Dropdown(models, value=config.sam_kind, label="Proposal model",
+                                                           visible=len(models) > 1,
+                                                           info="loaded on first use; same options for all"))
+                    widgets = {o.name: option_widget(o, defaults[o.name]) for o in options}
                 run = gr.Button("Segment", variant="primary")
             with gr.Column(scale=3):
+                run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
-                    out_left = gr.AnnotatedImage(label="One pass (DeOP)")
-                    out_right = gr.AnnotatedImage(label="Crop baseline")
+                    out_left = gr.AnnotatedImage(label="One pass (DeOP)", elem_id="one-pass")
+                    out_right = gr.AnnotatedImage(label="Crop baseline", elem_id="crop")
                 latency = gr.Markdown(elem_id="latency")
                 chart = gr.Image(label="Latency per stage", interactive=False)
                 with gr.Tabs():
@@ -218,33 +406,36 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                     with gr.Tab("Downloads"):
                         files = gr.File(label="Overlay, labels, per-class masks, JSON (segments as COCO RLE)",
                                         file_count="multiple")
-        gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary])
+        digest = hashlib.sha256(repr((config, defaults)).encode()).hexdigest()[:16]
+        with examples_cache(folder / "examples" / digest):
+            gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary],
+                        [out_left, out_right, latency, chart, files, inspect_view, run_status],
+                        fn=example, cache_examples=True, cache_mode="lazy")
 
         inputs = {"image": image, "vocabulary": vocabulary, "method": method, **widgets,
                   "proposal_model": proposal_model}
-        outputs = {"one_pass": out_left, "crop": out_right, "latency": latency, "chart": chart, "files": files,
-                   "heatmap_classes": heat_class, "inspect": inspect_view}
-        handler_defaults = {"method": "both", "proposal_model": config.sam_kind,
-                            **{o.name: option_value(defaults, o.name) for o in options}}
+        names = list(inputs)
+        view_outputs = {"one_pass": out_left, "crop": out_right, "latency": latency, "chart": chart, "files": files,
+                        "heatmap_classes": heat_class, "inspect": inspect_view}
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
                       vocabulary)
-        run.click(with_signature(segment, list(inputs), handler_defaults), list(inputs.values()),
-                  [*(outputs[name] for name in ui.SEGMENT_OUTPUTS), clicked, state], api_name="segment")
+        run.click(on_gpu(with_signature(segment, names, defaults), gpu_seconds), list(inputs.values()),
+                  [*(view_outputs[n] for n in ui.SEGMENT_OUTPUTS), run_status, clicked, state], api_name="segment",
+                  validator=with_signature(validate, names, defaults, progress=False))
         heat_class.change(heatmap, [heat_class, state], heat)
         out_left.select(click_legend, [state], clicked)
         out_right.select(click_legend, [state], clicked)
         inspect_view.select(click_pixel, [state], [inspect_view, clicked])
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
+    pad_missing_inputs(demo)
+    demo.deop = AppParts(segmenter, loader, sessions, janitor, folder)  # for tests and operators
+    from gradio.processing_utils import hash_file  # where Gradio keeps the copies the page links to
+
+    janitor.protect(Path(gr.utils.get_upload_folder()) / hash_file(ROOT / e["image"]) / Path(e["image"]).name
+                    for e in examples)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
-
-
-def _coerce(option: Option, value: Any) -> Any:
-    """Gradio hands sliders' values as floats; the options' own checks do the rest."""
-    if option.type == "int" and isinstance(value, float):
-        return int(value)
-    return value
 
 
 # The latency table on a phone: no word broken inside ("classificati/on", "baselin/e"), stages on one line,
@@ -258,8 +449,10 @@ CSS = """
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """Serve the app; besides its own outputs, Gradio may read files only from ``assets/`` (the examples)."""
-    return demo.launch(allowed_paths=[str(ROOT / "assets")], css=CSS, **kwargs)
+    """Serve the app; besides its own outputs, Gradio may read files only from ``assets/`` (the examples);
+    uploads above ``MAX_FILE_SIZE`` are refused with a message."""
+    kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
+    return demo.launch(allowed_paths=[str(ASSETS)], css=CSS, **kwargs)
 
 
 def main() -> None:
@@ -272,9 +465,14 @@ def main() -> None:
                         help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME, e.g. 0.0.0.0 on a Space)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per request (default 300)")
+    parser.add_argument("--session-memory", type=int, default=192,
+                        help="MB that all browser sessions' results may hold together (default 192); the least "
+                             "recently used go first")
     args = parser.parse_args()
-    launch(build_app(config_from_args(args), args.time_limit), server_name=args.host, server_port=args.port,
-           share=args.share)
+    # Gradio's uploads and cache in this app's own folder (read by Gradio from the environment).
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(work_dir() / "gradio"))
+    launch(build_app(config_from_args(args), args.time_limit, session_bytes=args.session_memory * 2**20),
+           server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

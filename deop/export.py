@@ -74,7 +74,7 @@ def masks_zip(label_map: np.ndarray, class_names: list[str]) -> bytes:
 
 def overlay_image(image: np.ndarray, result: SegmentationResult, method: str) -> np.ndarray:
     banner = RANDOM_WEIGHTS_WARNING if result.random_weights else None
-    return render.overlay(image, result.methods[method].label_map, result.classes, banner=banner)
+    return render.overlay(image, result.methods[method].label_map_at(image.shape), result.classes, banner=banner)
 
 
 def write_json(result: SegmentationResult, path: Path) -> Path:

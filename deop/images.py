@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -89,6 +89,8 @@ def _open(source: object, max_pixels: int, display_name: str | None = None) -> t
 
 
 def _from_pil(img: Image.Image, max_pixels: int, name: str) -> np.ndarray:
+    if isinstance(img, ImageFile.StubImageFile):  # HDF5, GRIB, BUFR: PIL recognises them but has no pixels
+        raise ImageError(f"not an image file: {name} (a {img.format} data file)")
     width, height = img.size
     if width * height > max_pixels:
         raise _too_large(f"{width}x{height}", max_pixels)

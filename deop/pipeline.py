@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import rle
 from .cache import StageCache, TimedValue
 from .classify import dense_features, encode_crops, labels_from
 from .config import SegmenterConfig, SegmentOptions
 from .errors import DeviceOutOfMemory
-from .images import image_key, load_image, nearest_resize, resize_max_side
+from .images import image_key, load_image, resize_max_side
 from .methods import Labels, Method, methods_of
 from .models import MODELS, RANDOM_WEIGHTS_WARNING, ModelCache, resolve_device
 from .proposers import Proposals, Proposer, get_proposer
-from .result import MethodResult, Segment, SegmentationResult, agreement
+from .result import MethodResult, Segment, SegmentationResult, agreement, compact
 from .timing import Deadline, stopwatch
 from .vocabulary import Vocabulary, parse_vocabulary
 
@@ -136,7 +137,7 @@ class Segmenter:
     def segment(self, image: Any, vocabulary: str | Vocabulary, method: str = "both",
                 options: SegmentOptions | None = None, progress: Progress | None = None,
                 timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
-                **overrides: Any) -> SegmentationResult:
+                input_size: tuple[int, int] | None = None, **overrides: Any) -> SegmentationResult:
         """Segment `image` (path, bytes, PIL image or array) into the classes of `vocabulary`.
 
         method: "one-pass" (DeOP), "crop" (one CLIP pass per proposal), "both" (same proposals, timed
@@ -144,21 +145,24 @@ class Segmenter:
         ``SegmentOptions`` field, or a ``ProposalConfig`` field, may be given as a keyword override.
         timeout: seconds after which the request stops between two steps with ``SegmentTimeout``;
         cancelled: asked between steps, True stops it with ``Cancelled`` (the client went away).
+        input_size: the (H, W) results are reported at, when `image` was already reduced by the caller (the
+        app resizes an upload once and keeps only that); default the image's own size.
         Running out of memory (GPU or CPU) empties the caches and becomes ``DeviceOutOfMemory``: the next
         request runs normally.
         """
-        *_, result = self.stream(image, vocabulary, method, options, progress, timeout, cancelled, **overrides)
+        *_, result = self.stream(image, vocabulary, method, options, progress, timeout, cancelled, input_size,
+                                 **overrides)
         return result
 
     def stream(self, image: Any, vocabulary: str | Vocabulary, method: str = "both",
                options: SegmentOptions | None = None, progress: Progress | None = None,
                timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
-               **overrides: Any) -> Iterator[SegmentationResult]:
+               input_size: tuple[int, int] | None = None, **overrides: Any) -> Iterator[SegmentationResult]:
         """``segment`` one method at a time: a result after each of the run's methods, the last complete
         (``pending`` empty). With "both", the one-pass answer comes before the crops are encoded."""
         try:
             yield from self._stream(image, vocabulary, method, options, progress, Deadline(timeout, cancelled),
-                                    overrides)
+                                    input_size, overrides)
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -172,22 +176,24 @@ class Segmenter:
                                     f"size, fewer masks{advice}") from exc
 
     def _stream(self, image: Any, vocabulary: str | Vocabulary, method: str, options: SegmentOptions | None,
-                progress: Progress | None, deadline: Deadline, overrides: dict[str, Any]
-                ) -> Iterator[SegmentationResult]:
+                progress: Progress | None, deadline: Deadline, input_size: tuple[int, int] | None,
+                overrides: dict[str, Any]) -> Iterator[SegmentationResult]:
         methods = methods_of(method)
         report = progress or (lambda fraction, desc: None)
         request = self._prepare(image, vocabulary, (options or self.config.options).with_overrides(**overrides),
                                 deadline, report)
+        if input_size is not None:
+            request.input_size = (int(input_size[0]), int(input_size[1]))
         if any(m.uses_proposals for m in methods):
             report(0.1, f"Proposing masks with {self.proposer_spec.title}")
             timed, hit = self.proposals(request.work, request.options, request.key, deadline)
             request.proposals = timed.value
             request.proposal_seconds = (0.0 if hit else timed.seconds, timed.seconds)
             request.reused += ["proposals"] if hit else []
-        full_map = areas = None
-        if request.proposals is not None:  # areas in input pixels, counted once on the full-size map
-            full_map = nearest_resize(request.proposals.segment_map, request.input_size)
-            areas = np.bincount(full_map[full_map >= 0].ravel(), minlength=len(request.proposals))
+        work_map = areas = None
+        if request.proposals is not None:  # areas in input pixels, counted at the working size
+            work_map = compact(request.proposals.segment_map)
+            areas = rle.area_resized(work_map, len(request.proposals), request.input_size)
         done: dict[str, MethodResult] = {}
         similarity = None
         for i, m in enumerate(methods):
@@ -195,7 +201,7 @@ class Segmenter:
             report(0.4 + 0.5 * i / len(methods), f"Classifying ({m.name})")
             done[m.name], labels = self._run(m, request, areas)
             similarity = labels.similarity if labels.similarity is not None else similarity
-            yield self._result(request, method, done, [x.name for x in methods[i + 1:]], full_map, similarity)
+            yield self._result(request, method, done, [x.name for x in methods[i + 1:]], work_map, similarity)
 
     def _prepare(self, image: Any, vocabulary: str | Vocabulary, opts: SegmentOptions, deadline: Deadline,
                  report: Progress) -> Request:
@@ -235,15 +241,16 @@ class Segmenter:
             segments = segments_of(request.proposals, labels.probs, request.vocabulary.names,
                                    request.options.none_threshold, request.work.shape[:2], request.input_size, areas)
         reused = request.reused + (["image_encoding"] if hit else [])
-        label_map = nearest_resize(labels.label_map, request.input_size)
-        return MethodResult(method.name, label_map, segments, timings, reused, first), labels
+        result = MethodResult(method.name, compact(labels.label_map), segments, timings, reused, first,
+                              request.input_size)
+        return result, labels
 
     def _result(self, request: Request, choice: str, done: dict[str, MethodResult], pending: list[str],
                 segment_map: np.ndarray | None, similarity: np.ndarray | None) -> SegmentationResult:
         names = list(done) + pending
         out = SegmentationResult(
             classes=request.vocabulary.names, image_size=request.input_size, methods=dict(done),
-            segment_map=segment_map, similarity=similarity, random_weights=self.config.random_weights,
+            work_segment_map=segment_map, similarity=similarity, random_weights=self.config.random_weights,
             warnings=list(request.warnings), settings=self._settings(request, choice), pending=list(pending),
             comparison=tuple(names) if len(names) == 2 else None)
         if out.comparison and not pending:

@@ -1,4 +1,10 @@
-"""What one ``Segmenter.segment`` call returns, and its JSON form."""
+"""What one ``Segmenter.segment`` call returns, and its JSON form.
+
+Maps are kept at the working size (the image as the models saw it, long side at most ``max_side``) and
+mapped to the input size only when asked (``label_map``, ``segment_map``, ``mask``, the JSON's RLE), by the
+package's one nearest-neighbour formula: a 48-megapixel upload then costs what its working size costs,
+and only the files a user downloads are made at full size.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,17 @@ from typing import Any
 import numpy as np
 
 from . import rle
+from .images import nearest_resize
 
 STAGES = ("proposals", "image_encoding", "text_encoding", "classification", "total")
+
+
+def compact(labels: np.ndarray) -> np.ndarray:
+    """A map of ids -1..n as int16 when they fit (any vocabulary the parser allows, any SAM mask count):
+    half the bytes a result holds for as long as a session keeps it. Maps handed out are int32."""
+    if labels.size and labels.max() < np.iinfo(np.int16).max and labels.min() >= -1:
+        return labels.astype(np.int16)
+    return labels.astype(np.int32)
 
 
 @dataclass
@@ -38,7 +53,9 @@ class Segment:
 
 @dataclass
 class MethodResult:
-    """One method's answer. ``label_map`` is (H, W) int32 at the input size, -1 = unlabelled.
+    """One method's answer. ``work_label_map`` is (h, w) at the working size, -1 = unlabelled (stored
+    compactly, see ``compact``); ``label_map`` is the same at the input size (``input_size``, computed on
+    each access, int32).
 
     timings: seconds per stage (see ``STAGES``), CUDA-synchronised, as spent by this call: a reused stage
     counts zero and is named in ``cached``. first_run_timings: the same with each reused stage at what it
@@ -46,14 +63,24 @@ class MethodResult:
     """
 
     method: str
-    label_map: np.ndarray
+    work_label_map: np.ndarray
     segments: list[Segment]
     timings: dict[str, float]
     cached: list[str] = field(default_factory=list)
     first_run_timings: dict[str, float] = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None
+
+    @property
+    def label_map(self) -> np.ndarray:
+        """(H, W) int32 at the input size."""
+        return self.label_map_at(self.input_size or self.work_label_map.shape)
+
+    def label_map_at(self, shape: tuple[int, int]) -> np.ndarray:
+        """The label map (int32) at any size (a picture's, say), by the package's nearest-neighbour rule."""
+        return nearest_resize(self.work_label_map, tuple(shape[:2])).astype(np.int32)
 
     def to_dict(self, classes: list[str]) -> dict[str, Any]:
-        present = np.unique(self.label_map[self.label_map >= 0])
+        present = np.unique(self.work_label_map[self.work_label_map >= 0])
         return {
             "method": self.method,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
@@ -66,9 +93,10 @@ class MethodResult:
 
 @dataclass
 class SegmentationResult:
-    """Everything one call produced, at the input image's size.
+    """Everything one call produced; sizes are the input image's, maps the working size's.
 
-    segment_map: (H, W) int32 proposal index per pixel (-1 none); segment i's mask is ``mask(i)``.
+    work_segment_map: (h, w) int32 proposal index per pixel at the working size (-1 none), None without
+        proposals; ``segment_map`` and ``mask(i)`` give it at the input size.
     similarity: (C, gh, gw) cosine similarity of each class with each CLIP patch (the heatmaps), when
         the dense pass ran.
     comparison: the two methods compared side by side (method "both": one-pass, then crop), else None.
@@ -83,7 +111,7 @@ class SegmentationResult:
     classes: list[str]
     image_size: tuple[int, int]  # (height, width)
     methods: dict[str, MethodResult]
-    segment_map: np.ndarray | None = None
+    work_segment_map: np.ndarray | None = None
     similarity: np.ndarray | None = None
     agreement: dict[str, float] | None = None
     random_weights: bool = False
@@ -97,8 +125,16 @@ class SegmentationResult:
         """The method whose answer is shown first and saved without a suffix: the first one run."""
         return next(iter(self.methods))
 
+    @property
+    def segment_map(self) -> np.ndarray | None:
+        """(H, W) int32 proposal index per pixel at the input size (-1 none)."""
+        if self.work_segment_map is None:
+            return None
+        return nearest_resize(self.work_segment_map, self.image_size).astype(np.int32)
+
     def mask(self, index: int) -> np.ndarray:
-        if self.segment_map is None:
+        """Segment `index`'s pixels at the input size."""
+        if self.work_segment_map is None:
             raise ValueError("this result has no proposals (method 'dense')")
         return self.segment_map == index
 
@@ -135,9 +171,10 @@ class SegmentationResult:
             "settings": self.settings,
             "methods": {name: m.to_dict(self.classes) for name, m in self.methods.items()},
         }
-        if self.segment_map is not None:
+        if self.work_segment_map is not None:
             n = max((len(m.segments) for m in self.methods.values()), default=0)
-            out["segment_masks"] = [{"id": i, **r} for i, r in enumerate(rle.encode_segments(self.segment_map, n))]
+            masks = rle.encode_segments_resized(self.work_segment_map, n, self.image_size)
+            out["segment_masks"] = [{"id": i, **r} for i, r in enumerate(masks)]
         if self.agreement is not None:
             out["agreement"] = self.agreement
             out["speedup"] = {"total": self.speedup("total"), "clip": self.speedup("clip")}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,19 +19,22 @@ from .pipeline import Segmenter
 from .proposers import PROPOSERS
 from .result import STAGES, SegmentationResult
 
-OUTPUT_ROOT = Path(tempfile.gettempdir()) / "deop-app"
 # What /segment returns, in order (then the inspector's hint and the session state, which API clients do
 # not see): read a client's answer with ``dict(zip(SEGMENT_OUTPUTS, client.predict(...)))``.
 SEGMENT_OUTPUTS = ("one_pass", "crop", "latency", "chart", "files", "heatmap_classes", "inspect")
 
 
 class ModelLoader:
-    """Loads the models in a background thread so the page is usable meanwhile; remembers the outcome."""
+    """Loads the models in a background thread so the page is usable meanwhile; remembers the outcome.
+    With `calibrate` (``deop.serving.calibrate``), it then measures this device's unit costs, with which
+    the app refuses up front a request that cannot fit its time limit."""
 
-    def __init__(self, segmenter: Segmenter) -> None:
+    def __init__(self, segmenter: Segmenter, calibrate: Callable[[Segmenter], Any] | None = None) -> None:
         self.segmenter = segmenter
         self.error: str | None = None
+        self.costs: Any = None
         self.ready = threading.Event()
+        self._calibrate = calibrate
         self._thread = threading.Thread(target=self._load, daemon=True)
 
     def start(self) -> ModelLoader:
@@ -39,6 +44,8 @@ class ModelLoader:
     def _load(self) -> None:
         try:
             self.segmenter.load()
+            if self._calibrate is not None:
+                self.costs = self._calibrate(self.segmenter)
         except USER_ERRORS as exc:
             self.error = str(exc)
         finally:
@@ -84,17 +91,30 @@ class SegmenterPool:
             return self._by_kind[kind]
 
 
-def segment_views(image: np.ndarray, result: SegmentationResult) -> dict[str, object]:
+def segment_views(image: np.ndarray, result: SegmentationResult, root: Path | None = None) -> dict[str, object]:
     """Everything /segment shows for a result, by ``SEGMENT_OUTPUTS`` name: the first method's overlay,
-    the compared method's (None when there is none), the latency table and chart, the downloads, the
-    heatmap's class choices and the inspector's picture."""
+    the compared method's (None when there is none or it is still running), the latency table and chart,
+    the downloads (written under `root`; None for a partial result, whose files would be incomplete), the
+    heatmap's class choices and the inspector's picture. `image` is at the working size."""
     second = result.comparison[1] if result.comparison else None
+    done = not result.pending
     return {
         "one_pass": (image, annotations(result, result.primary)),
         "crop": (image, annotations(result, second)) if second in result.methods else None,
-        "latency": latency_markdown(result), "chart": chart(result), "files": downloads(image, result),
+        "latency": latency_markdown(result), "chart": chart(result),
+        "files": downloads(image, result, root) if done and root is not None else None,
         "heatmap_classes": list(result.classes), "inspect": inspect_view(image, result),
     }
+
+
+def run_status(result: SegmentationResult) -> str:
+    """The line saying what is running and what is done, updated as a streamed result fills in."""
+    done = ", ".join(f"{METHOD_TITLES.get(n, n)} ready ({m.timings['total']:.2f} s)" for n, m in result.methods.items())
+    if result.pending:
+        n = len(next(iter(result.methods.values())).segments)
+        waiting = ", ".join(METHOD_TITLES.get(n_, n_) for n_ in result.pending)
+        return f"{done}. Running: {waiting}, one CLIP pass for each of the {_count(n, 'segment')}…"
+    return f"Done: {done}."
 
 
 def outputs_by_name(values: tuple | list) -> dict[str, object]:
@@ -104,18 +124,19 @@ def outputs_by_name(values: tuple | list) -> dict[str, object]:
 
 def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:
     """(mask, class name) pairs for gr.AnnotatedImage, one per class present, largest first."""
-    label_map = result.methods[method].label_map
+    label_map = result.methods[method].work_label_map
     return [(label_map == index, name) for index, name, _ in render.legend_entries(label_map, result.classes)]
 
 
 def latency_markdown(result: SegmentationResult) -> str:
-    """A per-stage table of seconds for each method, the speed-ups, and whether the cache was used."""
-    names = list(result.methods)
+    """A per-stage table of seconds for each method (a method still running shows "running…"), the
+    speed-ups, and whether the cache was used."""
+    names = list(result.methods) + list(result.pending)
     head = "| stage | " + " | ".join(METHOD_TITLES.get(n, n) for n in names) + " |"
     rows = [head, "|---" + "|---:" * len(names) + "|"]  # seconds right-aligned, so they line up
     for stage in STAGES:
         cells = [f"{result.methods[n].first_run_timings.get(stage, result.methods[n].timings[stage]):.3f} s"
-                 for n in names]
+                 if n in result.methods else "running…" for n in names]
         rows.append(f"| {stage.replace('_', ' ')} | " + " | ".join(cells) + " |")
     lines = ["\n".join(rows)]
     summary = result.comparison_summary()
@@ -149,10 +170,12 @@ def chart(result: SegmentationResult) -> np.ndarray:
     return render.bar_chart_png(data, "Latency per stage (s)")
 
 
-def downloads(image: np.ndarray, result: SegmentationResult) -> list[str]:
-    """Overlay and label PNGs, results JSON and a ZIP of per-class masks, in a fresh folder of our own."""
-    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="result-", dir=OUTPUT_ROOT))
+def downloads(image: np.ndarray, result: SegmentationResult, root: Path) -> list[str]:
+    """Overlay PNGs (at the size of `image`, the one shown), label PNGs, results JSON and a ZIP of
+    per-class masks (at the input size), in a fresh folder under `root`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="result-", dir=root))
     written = save_result(image, result, folder, "segmentation")
     zip_path = folder / "segmentation_masks.zip"
     zip_path.write_bytes(masks_zip(result.methods[result.primary].label_map, result.classes))
@@ -169,27 +192,29 @@ def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) 
 def inspect_view(image: np.ndarray, result: SegmentationResult) -> np.ndarray:
     """The main method's overlay at the image's own size (no legend or banner strip, so a click's pixel
     position is a position in the label map). Rendered once per result; clicks only highlight it."""
-    return render.overlay(image, result.methods[result.primary].label_map, result.classes, legend=False)
+    return render.overlay(image, result.methods[result.primary].label_map_at(image.shape), result.classes,
+                          legend=False)
 
 
 def highlight_at(view: np.ndarray, result: SegmentationResult, x: int, y: int) -> np.ndarray:
     """``view`` with the segment under (x, y) highlighted, or unchanged where there is none."""
     index = _segment_under(result, x, y)
-    return view if index is None else render.highlight(view, result.segment_map == index)
+    return view if index is None else render.highlight(view, result.work_segment_map == index)
 
 
 def _segment_under(result: SegmentationResult, x: int, y: int) -> int | None:
-    if result.segment_map is None:
+    seg = result.work_segment_map
+    if seg is None:
         return None
-    h, w = result.segment_map.shape
-    if not (0 <= y < h and 0 <= x < w) or result.segment_map[y, x] < 0:
+    h, w = seg.shape
+    if not (0 <= y < h and 0 <= x < w) or seg[y, x] < 0:
         return None
-    return int(result.segment_map[y, x])
+    return int(seg[y, x])
 
 
 def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     """Top-5 classes of the segment under a clicked pixel, as Markdown."""
-    if result.segment_map is None:
+    if result.work_segment_map is None:
         return "This method has no segments to click."
     index = _segment_under(result, x, y)
     if index is None:

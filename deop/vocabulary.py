@@ -32,9 +32,11 @@ EMPTY_MESSAGE = "Enter at least one class name, e.g. 'cat, dog, grass'."
 
 _SEPARATORS = re.compile(r"([,，、:：])")
 _COLONS = frozenset(":：")
-# Control characters other than tab and line breaks (which are whitespace), lone surrogates and zero-width
-# characters: pasted text carries them invisibly, and they would make "cat" and "ca\u200bt" two classes.
-_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff\u200b\u2060\ufeff]")
+# Control characters other than tab and line breaks (which are whitespace), lone surrogates, zero-width
+# characters and bidirectional controls: pasted text carries them invisibly, they would make "cat" and
+# "ca\u200bt" two classes, and an override (U+202E) reverses the legend's text around it.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff\u200b\u2060\ufeff"
+                        r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _PRESET_LIST = ", ".join(f"@{name}" for name in PRESETS)
 
 

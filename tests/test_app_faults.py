@@ -99,7 +99,27 @@ def test_gpu_out_of_memory_is_a_message_and_the_next_request_works(client, good_
 
 def test_a_request_past_the_time_limit_is_cut_and_the_app_goes_on(segmenter, good_image):
     """48 points per side means 2304 SAM prompts, over a minute on this CPU even with the tiny SAM; the
-    dense method needs no SAM (about 1 s here), so the limit leaves room on both sides."""
+    dense method needs no SAM (about 1 s here), so the limit leaves room on both sides. Without the cost
+    estimate (calibrate=False) the request starts and is stopped between two batches of prompts."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from app import build_app
+    from conftest import SMALL_CONFIG, serve
+
+    with serve(build_app(SMALL_CONFIG, time_limit=8.0, calibrate=False)) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="8 s time limit during mask proposals"):
+            client.predict(handle_file(good_image), "sky, grass", "one-pass", 48, api_name="/segment")
+        out = client.predict(handle_file(good_image), "sky, grass", "dense", api_name="/segment")
+        assert out[0]["annotations"]
+
+
+def test_a_request_that_cannot_fit_the_time_limit_is_refused_up_front(segmenter, good_image):
+    """With this device's costs measured at start, the heaviest settings the sliders allow are refused
+    before they hold the queue, with the settings to lower; a request that fits still runs."""
+    import time
+
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -108,10 +128,13 @@ def test_a_request_past_the_time_limit_is_cut_and_the_app_goes_on(segmenter, goo
 
     with serve(build_app(SMALL_CONFIG, time_limit=8.0)) as url:
         client = Client(url, verbose=False)
-        with pytest.raises(AppError, match="8 s time limit during mask proposals"):
-            client.predict(handle_file(good_image), "sky, grass", "one-pass", 48, api_name="/segment")
-        out = client.predict(handle_file(good_image), "sky, grass", "dense", api_name="/segment")
-        assert out[0]["annotations"]
+        client.predict(handle_file(good_image), "sky", "dense", api_name="/segment")  # models and costs loaded
+        start = time.monotonic()
+        with pytest.raises(AppError, match=r"would take about \d+ s here, over the 8 s limit.*SAM points per side"):
+            client.predict(handle_file(good_image), "sky, grass", "both", 48, api_name="/segment",
+                           clip_size=1024, max_side=2048, max_masks=300)
+        assert time.monotonic() - start < 5  # refused, not run
+        assert client.predict(handle_file(good_image), "sky, grass", "one-pass", api_name="/segment")[0]["annotations"]
 
 
 def _status(url: str) -> int:
@@ -131,9 +154,9 @@ def test_the_server_serves_only_its_outputs_and_the_examples(app_url, client, go
         assert _status(file_url + path) == 403, path
     # our own output folder is not served directly: Gradio copies each returned file into its cache
     files = client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")[4]
-    from deop import ui
+    from app import work_dir
 
-    ours = sorted(ui.OUTPUT_ROOT.glob("result-*/segmentation.json"))
+    ours = sorted((work_dir() / "results").glob("result-*/segmentation.json"))
     assert ours and _status(file_url + str(ours[-1])) == 403
     assert any(f.endswith("segmentation.json") for f in files)
 
@@ -165,8 +188,9 @@ def test_a_bug_is_shown_as_an_internal_error_with_an_id_and_logged(client, good_
 
     def broken(self, *args, **kwargs):
         raise KeyError("a bug")
+        yield
 
-    monkeypatch.setattr(Segmenter, "segment", broken)
+    monkeypatch.setattr(Segmenter, "stream", broken)
     with caplog.at_level("ERROR", logger="deop.app"), pytest.raises(AppError) as info:
         client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")
     message = str(info.value)

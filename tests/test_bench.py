@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from deop.bench.measure import Bench, synthetic_proposals
+from deop.bench.measure import Bench, synthetic_image, synthetic_proposals
 from deop.bench.report import evaluate_targets, format_table, targets_record, write_json, write_plot
 
 REQUIRED = {"kind", "method", "n_masks", "image_size", "seconds_median", "seconds_min", "seconds_max", "device",
@@ -30,8 +30,9 @@ def records(segmenter):
     out += bench.end_to_end([("fast", 2)], methods=("one-pass",))
     out += bench.requery(class_counts=(3,), templates="single")
     out.append(bench.memory(out))
-    out += bench.proposals_vs_stock(points_per_side=2, size=256)
-    assert len(steps) == len(out) - 1
+    out += bench.proposals_at_counts(presets=("fast",), targets=(1, 3, 100), points_per_side=2,
+                                     image=synthetic_image(256))
+    assert len(steps) == len(out) - 1 - 3  # one step per proposal pair
     flat = [r.to_dict() for r in out]
     return flat + [targets_record(evaluate_targets(flat), flat[0])]
 
@@ -39,8 +40,11 @@ def records(segmenter):
 def test_records_have_the_schema(records):
     kinds = [r["kind"] for r in records]
     assert kinds.count("classify") == 4 and kinds.count("requery") == 2
-    assert kinds.count("e2e") == 1 and kinds[-4:] == ["memory", "proposals", "proposals", "targets"]
-    assert [r["method"] for r in records if r["kind"] == "proposals"] == ["stock", "deop"]
+    assert kinds.count("e2e") == 1 and kinds[-8:] == ["memory", *["proposals"] * 6, "targets"]
+    pairs = [r for r in records if r["kind"] == "proposals"]
+    assert [r["method"] for r in pairs] == ["stock", "deop"] * 3
+    assert [r["n_masks"] for r in pairs] == [1, 1, 3, 3, 12, 12]  # 2 x 2 points, 3 masks each: 12 at most
+    assert all(r["identical"] and r["network_seconds"] > 0 and r["image"] == "given" for r in pairs)
     for r in records:
         assert REQUIRED - {"seconds_min", "seconds_max", "peak_rss_mb"} <= set(r)
         if r["kind"] in ("classify", "requery", "e2e", "proposals"):
@@ -63,7 +67,7 @@ def fake(kind, method, size, n, seconds, **extra):
 
 
 def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0, demo=90.0, fast=25.0,
-              ours=8.0, stock=10.0):
+              ours=3.0, stock=10.0, network=2.5, ours1=2.0, stock1=2.0):
     return [
         fake("classify", "one-pass", 448, 10, 1.0), fake("classify", "one-pass", 448, 100, one_448),
         fake("classify", "one-pass", 448, 200, one_200), fake("classify", "crop", 448, 100, crop_448),
@@ -72,24 +76,27 @@ def synthetic(one_448=1.0, crop_448=20.0, one_200=1.2, requery=0.05, rss=3000.0,
         fake("memory", "all", 1024, None, None, max_image_size=1024, sam_ran=True, peak_rss_mb=rss),
         fake("e2e", "one-pass", 1024, 0, demo, preset="demo", preset_default=True),
         fake("e2e", "one-pass", 1024, 0, fast, preset="fast", preset_default=True),
-        fake("proposals", "stock", 1024, None, stock), fake("proposals", "deop", 1024, None, ours),
+        *(fake("proposals", method, 640, n, seconds, preset="fast", target_masks=target, network_seconds=network)
+          for method, n, target, seconds in (("stock", 300, 300, stock), ("deop", 300, 300, ours),
+                                             ("stock", 1, 1, stock1), ("deop", 1, 1, ours1))),
     ]
 
 
 def test_targets_pass():
     status = [t.status for t in evaluate_targets(synthetic())]
-    assert status == ["PASS"] * 7
+    assert status == ["PASS"] * 9
 
 
 def test_targets_fail():
-    results = evaluate_targets(synthetic(crop_448=10.0, one_200=1.5, requery=0.2, rss=5000.0, fast=40.0, ours=11.0))
-    assert [t.status for t in results] == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL"]
+    results = evaluate_targets(synthetic(crop_448=10.0, one_200=1.5, requery=0.2, rss=5000.0, fast=40.0, ours=4.0,
+                                         ours1=2.2))
+    assert [t.status for t in results] == ["FAIL", "PASS", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL"]
     assert results[0].value == pytest.approx(10.0)
 
 
 def test_targets_skip_what_was_not_measured():
     records = [r for r in synthetic() if r["kind"] not in ("e2e", "memory", "proposals")]
-    assert [t.status for t in evaluate_targets(records)][-3:] == ["SKIP", "SKIP", "SKIP"]
+    assert [t.status for t in evaluate_targets(records)][-5:] == ["SKIP"] * 5
 
 
 def test_other_backends_do_not_stand_in_for_the_main_model_in_targets():
@@ -138,3 +145,30 @@ def test_plan_runs_other_backends_at_the_main_models_settings():
     assert p["backends"] == ("vit_l",) and p["e2e"] == [("fast", None), ("fast", 12), ("fast", 16), ("demo", None)]
     assert steps(p) == steps({**p, "backends": ()}) + len(p["e2e"])
     assert plan(parser.parse_args(["bench", "--backends", "vit_l", "--skip-e2e"]))["backends"] == ()
+
+
+def test_proposal_models_compared_end_to_end_at_a_forced_mask_count(segmenter):
+    bench = Bench(segmenter, repeats=1, warmup=0)
+    records = [r.to_dict() for r in bench.at_forced_masks([("tiny", 256), ("tiny", 1024)], masks=5,
+                                                           methods=("one-pass", "both"), image=synthetic_image(160))]
+    assert [(r["kind"], r["method"], r["sam_model"], r["sam_input_size"]) for r in records] == [
+        ("e2e_masks", m, "tiny", size) for size in (256, 1024) for m in ("one-pass", "both")]
+    assert all(0 < r["n_masks"] <= 5 and r["forced_masks"] == 5 and r["proposals_seconds"] > 0 for r in records)
+    assert "tiny@256 fast, 5 masks asked" in format_table(records)
+
+
+def test_plan_has_the_mask_count_records_and_the_cpu_candidates():
+    import argparse
+
+    from deop.commands.bench import CPU_CANDIDATES, MASK_COUNTS, add_parser, plan, steps
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    full = plan(parser.parse_args(["bench", "--backends", "none"]))
+    assert full["proposal_counts"] == {"presets": ("fast", "demo"), "targets": MASK_COUNTS} == {
+        "presets": ("fast", "demo"), "targets": (1, 30, 100, 300)}
+    assert set(full["candidates"]) <= set(CPU_CANDIDATES) and ("vit_b", 512) in full["candidates"]
+    quick = plan(parser.parse_args(["bench", "--quick"]))
+    assert quick["proposal_counts"]["targets"] == (1, 300) and quick["candidates"] == ()
+    assert steps(full) - steps({**full, "candidates": ()}) == 2 * len(full["candidates"])
+    assert plan(parser.parse_args(["bench", "--skip-e2e"]))["proposal_counts"] is None

@@ -49,7 +49,7 @@ def test_upload_type_segment_and_see_both_methods(browser, page_url, tmp_path, v
     box = page.get_by_label("Classes")
     box.fill("sky, grass, ball")
     page.get_by_role("button", name="Segment", exact=True).click()
-    page.wait_for_selector("#latency :text('Crop baseline')", timeout=120_000)
+    page.wait_for_selector("#run-status :text('Done')", timeout=120_000)
     latency = page.inner_text("#latency")
     assert "One pass (DeOP)" in latency and "Crop baseline" in latency and "total" in latency
     # every stage on one line (a phone once showed "classificati/on"), and the table within the page
@@ -73,7 +73,7 @@ def test_click_a_segment_and_a_legend_entry_to_see_top5(browser, page_url, tmp_p
     page.locator("input[type=file]").first.set_input_files(str(path))
     page.get_by_label("Classes").fill("sky, grass, ball")
     page.get_by_role("button", name="Segment", exact=True).click()
-    page.wait_for_selector("#latency :text('Crop baseline')", timeout=120_000)
+    page.wait_for_selector("#run-status :text('Done')", timeout=120_000)
     inspect = page.locator("#inspect img")
     inspect.wait_for(timeout=30_000)
     # a few points across the image: at least one lies in a SAM segment and lists that segment's top-5
@@ -99,3 +99,108 @@ def test_click_a_segment_and_a_legend_entry_to_see_top5(browser, page_url, tmp_p
                            timeout=30_000)
     assert name in ("sky", "grass", "ball")
     page.close()
+
+
+def _new_page(browser, url, width=1366, height=900):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#random-banner", timeout=60_000)
+    return page
+
+
+def test_the_one_pass_answer_shows_before_the_crop_baseline(browser, page_url, tmp_path, monkeypatch):
+    """The handler streams: the one-pass overlay, its latency column and the inspector appear while the
+    crops are still being encoded (made slow here), and the crop baseline fills in after."""
+    import time
+
+    import deop.pipeline
+
+    real = deop.pipeline.encode_crops
+
+    def slow_crops(*args, **kwargs):
+        time.sleep(4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deop.pipeline, "encode_crops", slow_crops)
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=14)).save(path)
+    page = _new_page(browser, page_url)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_label("Classes").fill("sky, grass, ball")
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.wait_for_selector("#one-pass img", timeout=120_000)
+    assert "Running: Crop baseline" in page.inner_text("#run-status")
+    assert page.locator("#crop img").count() == 0 and "running…" in page.inner_text("#latency")
+    page.wait_for_selector("#inspect img", timeout=30_000)
+    page.wait_for_selector("#run-status :text('Done')", timeout=120_000)
+    page.wait_for_selector("#crop img", timeout=30_000)
+    assert "running…" not in page.inner_text("#latency")
+    page.close()
+
+
+def test_segment_without_an_image_says_so_beside_the_input_and_marks_no_output(browser, page_url):
+    page = _new_page(browser, page_url)
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.wait_for_selector("text=Upload an image first (or click an example).", timeout=30_000)
+    page.wait_for_timeout(1000)
+    body = page.inner_text("body")
+    assert "Error" not in body  # no red badge on the outputs, no generic toast
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-no-image.png"), full_page=True)
+    page.close()
+
+
+def test_examples_are_cached_lazily_the_first_visitor_pays_once(browser, page_url, monkeypatch):
+    from deop.pipeline import Segmenter
+
+    calls = []
+    real = Segmenter.stream
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        yield from real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "stream", counted)
+    for visitor in range(2):
+        page = _new_page(browser, page_url)
+        page.get_by_text("ball, box, grass, sky").first.click()
+        page.wait_for_selector("#run-status :text('Done')", timeout=120_000)
+        page.wait_for_selector("#one-pass img", timeout=30_000)
+        assert len(calls) == 1, f"visitor {visitor}: {len(calls)} runs"
+        page.close()
+
+
+def test_closing_the_page_stops_its_request_and_frees_the_queue(browser, page_url, tmp_path, monkeypatch):
+    """The request of a closed tab stops at its next step (here a proposal stage made to take a minute,
+    checking its deadline as SAM's batches do), so the next user's request is answered at once."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from deop.proposers import Proposer
+
+    real, stopped = Proposer.propose, []
+
+    def endless(self, image, config, deadline=None):
+        try:
+            for _ in range(600):
+                deadline.check("mask proposals")
+                time.sleep(0.1)
+        except Exception as exc:
+            stopped.append(type(exc).__name__)
+            raise
+        return real(self, image, config, deadline)
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=15)).save(path)
+    monkeypatch.setattr(Proposer, "propose", endless)
+    page = _new_page(browser, page_url)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.wait_for_timeout(3000)
+    page.close()
+    monkeypatch.setattr(Proposer, "propose", real)
+    start = time.monotonic()
+    out = Client(page_url, verbose=False).predict(handle_file(str(path)), "sky", "dense", api_name="/segment")
+    assert out[0]["annotations"] and time.monotonic() - start < 30
+    assert stopped == ["Cancelled"]

@@ -362,3 +362,10 @@ def test_image_key():
     changed[10, 10, 1] ^= 1
     assert image_key(changed) != key
     assert image_key(NOISE.reshape(64, 48, 3)) != key  # same bytes, other shape
+
+
+def test_data_files_pil_recognises_but_cannot_read_are_not_images():
+    """PIL identifies HDF5 (and GRIB, BUFR) by their signature but has no pixels for them: that is "not an
+    image", not "truncated or corrupt"."""
+    with pytest.raises(ImageError, match=r"not an image file: scan\.h5 \(a HDF5 data file\)"):
+        load_image(b"\x89HDF\r\n\x1a\n" + bytes(600), display_name="scan.h5")

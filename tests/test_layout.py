@@ -135,7 +135,7 @@ def test_the_app_takes_its_port_flag_over_the_environment(monkeypatch):
     import app
 
     seen = {}
-    monkeypatch.setattr(app, "build_app", lambda config, time_limit: seen.update(config=config))
+    monkeypatch.setattr(app, "build_app", lambda config, time_limit, **kw: seen.update(config=config))
     monkeypatch.setattr(app, "launch", lambda demo, **kw: seen.update(kw))
     monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
     monkeypatch.setenv("DEOP_DEVICE", "cpu")

@@ -219,7 +219,7 @@ def test_a_file_placed_by_hand_wins(tmp_path):
 def test_app_switches_to_sam2_proposals_and_back(app_url, tmp_path):
     """The app's "Proposal model" choice: SAM 2.1 on the same image, then the configured SAM again."""
     from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
+    from gradio_client.exceptions import ValidationError
     from PIL import Image
 
     Image.fromarray(scene(seed=44)).save(tmp_path / "scene.png")
@@ -230,7 +230,7 @@ def test_app_switches_to_sam2_proposals_and_back(app_url, tmp_path):
     # the configured model's proposals are not SAM 2.1's: nothing is served from the other model's cache
     _, _, latency, *_ = client.predict(image, "sky, grass", "one-pass", api_name="/segment")
     assert "reused" not in latency
-    with pytest.raises(AppError, match="vit_h is not in the list of choices"):  # Gradio's check, then ours
+    with pytest.raises(ValidationError, match="proposal_model must be one of tiny, vit_b.*got 'vit_h'"):
         client.predict(image, "sky", "one-pass", proposal_model="vit_h", api_name="/segment")
     out = client.predict(image, "sky", "one-pass", api_name="/segment")
     assert out[0]["annotations"]
@@ -260,9 +260,10 @@ def test_random_sam2_weights_repeat_across_builds(sam2_full):
 @pytest.mark.slow
 def test_bench_compares_sam2_with_its_own_stock_generator():
     """``bench --sam sam2.1_hiera_t`` used to build segment_anything's generator for it and crash."""
-    from deop.bench.measure import Bench
+    from deop.bench.measure import Bench, synthetic_image
 
     seg = Segmenter(replace(SMALL_CONFIG, sam_kind=KIND))
-    records = [r.to_dict() for r in Bench(seg, repeats=1, warmup=0).proposals_vs_stock(points_per_side=2, size=128)]
-    assert [(r["method"], r["sam_model"]) for r in records] == [("stock", KIND), ("deop", KIND)]
-    assert all(r["seconds_median"] > 0 for r in records)
+    bench = Bench(seg, repeats=1, warmup=0)
+    records = [r.to_dict() for r in bench.proposals_at_counts(("fast",), (2,), synthetic_image(128), points_per_side=2)]
+    assert [(r["method"], r["sam_model"], r["n_masks"]) for r in records] == [("stock", KIND, 2), ("deop", KIND, 2)]
+    assert all(r["seconds_median"] > 0 and r["identical"] for r in records)

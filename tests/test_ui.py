@@ -55,10 +55,10 @@ def test_speedup_sentence_reads_right_either_way(shown, crop_seconds, phrase):
     assert ("faster than one pass per crop" in text) == (crop_seconds > 1)  # never "0.3x faster"
 
 
-def test_downloads_decode(shown):
+def test_downloads_decode(shown, tmp_path):
     image, result = shown
-    files = {Path(p).name: Path(p) for p in ui.downloads(image, result)}
-    assert Path(files["segmentation.json"]).parent.parent == ui.OUTPUT_ROOT
+    files = {Path(p).name: Path(p) for p in ui.downloads(image, result, tmp_path)}
+    assert Path(files["segmentation.json"]).parent.parent == tmp_path
     assert json.loads(files["segmentation.json"].read_text())["classes"] == result.classes
     labels = np.array(Image.open(files["segmentation_labels.png"]))
     assert labels.shape == result.methods["one-pass"].label_map.shape

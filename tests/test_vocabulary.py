@@ -324,3 +324,11 @@ def test_to_text_round_trips(lines):
     assert v.warnings or v.names == heads
     again = parse_vocabulary(v.to_text())
     assert again == v and again.warnings == () and again.to_text() == v.to_text()
+
+
+@pytest.mark.parametrize("control", ["\u202e", "\u202d", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f",
+                                     "\u061c", "\u202a"])
+def test_bidirectional_controls_are_removed_from_names(control):
+    """An override (U+202E) kept in a class name reverses the legend's text after it."""
+    vocab = parse_vocabulary(f"cat{control}, {control}dog: pup{control}py")
+    assert vocab.names == ["cat", "dog"] and vocab.classes[1].prompts == ("dog", "puppy")

@@ -14,6 +14,7 @@ import resource
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from .report import evaluate_targets, targets_record
 
 E2E_IMAGE = 1024  # long side of the end-to-end image: the default max_side, so SAM sees it at full size
 REQUERY_MASKS = 100
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 
 
 @dataclass
@@ -103,6 +105,23 @@ def synthetic_proposals(shape: tuple[int, int], n: int, seed: int = 0, grid: int
     segment_map = remap[segment_map]
     boxes, areas = segment_boxes(segment_map, len(present))
     return Proposals(segment_map, np.ones(len(present), dtype=np.float32), boxes, areas, raw_count=n)
+
+
+def photo_image(long_side: int) -> np.ndarray:
+    """assets/coffee.jpg (a real photo: SAM's masks on it have real shapes) resized to `long_side`."""
+    from PIL import Image
+
+    from ..images import load_image
+
+    photo = Image.fromarray(load_image(ASSETS / "coffee.jpg"))
+    scale = long_side / max(photo.size)
+    return np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BICUBIC))
+
+
+def _same_records(ours: list[dict], stock: list[dict]) -> bool:
+    return len(ours) == len(stock) and all(
+        np.array_equal(a["segmentation"], b["segmentation"]) and a["predicted_iou"] == b["predicted_iou"]
+        and a["stability_score"] == b["stability_score"] and a["bbox"] == b["bbox"] for a, b in zip(ours, stock))
 
 
 # -- measuring -------------------------------------------------------------------------------------------
@@ -239,25 +258,88 @@ class Bench:
                 self.advance(f"end to end {preset} pps={opts.proposals.points_per_side} {method}")
         return out
 
-    def proposals_vs_stock(self, points_per_side: int = 10, size: int = E2E_IMAGE) -> list[BenchRecord]:
-        """Our proposal stage (limit and overlap resolution included) against the model family's own
-        automatic mask generator on the model as its package ships it (SAM: its original attention), at
-        equal settings (the demo preset at ``points_per_side``, the encoder at 1024 px) on the same image."""
+    def proposals_at_counts(self, presets: Sequence[str] = ("fast", "demo"),
+                            targets: Sequence[int] = (1, 30, 100, 300), image: np.ndarray | None = None,
+                            points_per_side: int | None = None) -> list[BenchRecord]:
+        """Our generator against the family's stock one at controlled numbers of masks passing the filters,
+        as real weights give (a random SAM keeps about one at the default thresholds, which hides every
+        cost that grows with the masks). NMS is off and the stability threshold 0; the predicted-IoU
+        threshold is set between the model's own k-th and (k+1)-th score on this image, so that k masks
+        pass (all of them for a k beyond what the point grid gives). Each record carries the exact count,
+        the network time (encoder and decoder, the same calls in both) and whether the masks were equal."""
         seg = self.segmenter
-        config = replace(PROPOSAL_PRESETS["demo"], points_per_side=points_per_side)
-        image = synthetic_image(size)
-        proposer = seg.proposer_at(config.sam_input_size)
+        name = "coffee.jpg" if image is None else "given"
+        image = photo_image(640) if image is None else image
+        out = []
+        for preset in presets:
+            base = replace(PROPOSAL_PRESETS[preset], stability_score_thresh=0.0, box_nms_thresh=1.0, max_masks=0)
+            if points_per_side:
+                base = replace(base, points_per_side=points_per_side)
+            proposer = seg.proposer_at(base.sam_input_size)
+            ious = np.sort(proposer.masks(image, replace(base, pred_iou_thresh=0.0)).predicted_iou)[::-1]
+            for target in targets:
+                thresh = 0.0 if target >= len(ious) else float((ious[target - 1] + ious[target]) / 2)
+                config = replace(base, pred_iou_thresh=thresh)
+                times, masks, same = self._ours_and_stock(proposer, image, config)
+                for method in ("stock", "deop"):
+                    out.append(self.record("proposals", method, len(masks), max(image.shape[:2]), times[method],
+                                           preset=preset, points_per_side=config.points_per_side,
+                                           sam_input_size=proposer.input_size, target_masks=target,
+                                           pred_iou_thresh=round(thresh, 6), identical=same, image=name,
+                                           network_seconds=round(masks.network_seconds, 4)))
+                self.advance(f"proposals {preset} {len(masks)} masks")
+        return out
+
+    def _ours_and_stock(self, proposer: Any, image: np.ndarray, config: Any) -> tuple[dict, Any, bool]:
+        """One timed run of each generator on the same image and settings; our masks; whether they agree."""
+        family, results = proposer.spec.family, {}
+
+        def ours() -> None:
+            results["deop"] = proposer.masks(image, config)
 
         def stock() -> None:
-            with proposer.spec.family.stock_model(proposer.model) as model, torch.inference_mode():
-                proposer.spec.family.stock_generator(model, config).generate(image)
+            with family.stock_model(proposer.model) as model, torch.inference_mode():
+                results["stock"] = family.stock_generator(model, config).generate(image)
 
+        device = self.segmenter.device
+        times = {"stock": time_calls(stock, 1, 0, device), "deop": time_calls(ours, 1, 0, device)}
+        return times, results["deop"], _same_records(results["deop"].to_records(), results["stock"])
+
+    def at_forced_masks(self, candidates: Sequence[tuple[str, int]], masks: int = 30,
+                        methods: Sequence[str] = ("one-pass", "both"), image: np.ndarray | None = None
+                        ) -> list[BenchRecord]:
+        """End to end on the 640 px photo with about `masks` segments (thresholds 0, NMS off, at most
+        `masks` masks, as ``bench-app --masks`` asks the app) for each (proposal model, encoder input) of
+        `candidates`, on the fast preset's points: what the CPU default should be chosen from. Caches are
+        emptied before every call; the text is encoded beforehand (the app caches it)."""
+        name = "coffee.jpg" if image is None else "given"
+        image = photo_image(640) if image is None else image
+        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
         out = []
-        for method, fn in (("stock", stock), ("deop", lambda: proposer.propose(image, config))):
-            times = time_calls(fn, self.repeats, 0, seg.device)
-            out.append(self.record("proposals", method, None, size, times, points_per_side=points_per_side,
-                                   points_per_batch=config.points_per_batch))
-            self.advance(f"proposals {method} pps={points_per_side}")
+        for kind, size in candidates:
+            seg = self.segmenter if kind == self.segmenter.config.sam_kind else self.segmenter.with_proposal_model(kind)
+            seg.text_cache.vocabulary(seg.clip, vocab, seg.config.options.templates)
+            opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"], sam_input_size=size,
+                                                     pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                                     box_nms_thresh=1.0, max_masks=masks)
+            for method in methods:
+                results = []
+
+                def run(seg: Segmenter = seg, opts: Any = opts, method: str = method, results: list = results) -> None:
+                    seg.clear_cache()
+                    results.append(seg.segment(image, vocab, method, options=opts))
+
+                times = time_calls(run, 1, 0, seg.device)
+                last = results[-1]
+                n = len(next(iter(last.methods.values())).segments)
+                stages = {f"{m}_seconds": round(r.first_run_timings["total"], 4) for m, r in last.methods.items()}
+                first = next(iter(last.methods.values())).timings
+                record = self.record("e2e_masks", method, n, max(image.shape[:2]), times, forced_masks=masks,
+                                     sam_input_size=seg.proposer_spec.input_size_for(size), image=name,
+                                     proposals_seconds=round(first["proposals"], 4), n_classes=len(vocab), **stages)
+                record.sam_model = kind
+                out.append(record)
+                self.advance(f"{kind}@{size} {masks} masks {method}")
         return out
 
     def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]]) -> list[BenchRecord]:
@@ -295,8 +377,10 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
         records += bench.end_to_end(p["e2e"], p["e2e_methods"])
     records += bench.requery(templates=p["templates"])
     records.append(bench.memory(records))
-    if p.get("stock_points"):  # after the memory record: stock SAM's attention peaks 1-2 GB higher than ours
-        records += bench.proposals_vs_stock(p["stock_points"])
+    if p.get("proposal_counts"):  # after the memory record: stock SAM's attention peaks 1-2 GB higher than ours
+        records += bench.proposals_at_counts(**p["proposal_counts"])
+    if p.get("candidates"):
+        records += bench.at_forced_masks(p["candidates"], p["forced_masks"], p["e2e_methods"])
     if p.get("backends"):  # after the memory record too: the target counts the default models only
         records += bench.backends(p["backends"], p["e2e"])
     flat = [r.to_dict() for r in records]

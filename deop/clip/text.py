@@ -103,6 +103,13 @@ class TextEmbeddingCache:
                 self._cache.popitem(last=False)
         return torch.stack(out)
 
+    def missing(self, clip: ClipModel, vocabulary: Vocabulary, template_set: str) -> int:
+        """How many of the vocabulary's names would be encoded (not cached yet): what a request's text
+        stage will cost."""
+        with self._lock:
+            names = {p for spec in vocabulary.classes for p in spec.prompts}
+            return sum((clip.key, template_set, n) not in self._cache for n in names)
+
     def vocabulary(self, clip: ClipModel, vocabulary: Vocabulary, template_set: str) -> torch.Tensor:
         """[C, D] normalised class embeddings: a class is the mean of its name and synonyms."""
         prompts = [p for spec in vocabulary.classes for p in spec.prompts]

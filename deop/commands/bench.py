@@ -12,6 +12,9 @@ DEFAULT_SIZES = (448, 672, 1024)
 DEFAULT_N = (10, 25, 50, 100, 200)
 QUICK_SIZES = (448, 672)
 QUICK_N = (10, 100, 200)
+MASK_COUNTS = (1, 30, 100, 300)
+# What the CPU default is chosen from: each proposal model at the encoder input it would run at.
+CPU_CANDIDATES = (("vit_b", 512), ("vit_b", 1024), ("mobile_sam", 1024), ("sam2.1_hiera_t", 512))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", default=None,
                    help="other proposal models run end to end, comma-separated (default: the app's other "
                         "proposal models whose packages are installed; none with --quick); 'none' for none")
+    p.add_argument("--forced-masks", type=int, default=30,
+                   help="segments asked for in the proposal models' end-to-end comparison (default 30)")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
     add_model_arguments(p)
@@ -55,10 +60,21 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "e2e": [] if args.skip_e2e else e2e,
         "e2e_methods": ("one-pass",) if quick else ("one-pass", "both"),
         "templates": "single" if quick else None,
-        # stock SAM against ours at equal settings; needs SAM, so it goes with the end-to-end runs
-        "stock_points": None if args.skip_e2e else 10,
+        # ours against the stock generator at 1, 30, 100 and 300 passing masks on a real photo; needs SAM, so
+        # it goes with the end-to-end runs
+        "proposal_counts": None if args.skip_e2e else {
+            "presets": ("fast",) if quick else ("fast", "demo"),
+            "targets": (MASK_COUNTS[0], MASK_COUNTS[-1]) if quick else MASK_COUNTS},
+        "candidates": () if args.skip_e2e or quick else _candidates(),
+        "forced_masks": args.forced_masks,
         "backends": () if args.skip_e2e else _backends(args.backends, quick, config_from_args(args, False).sam_kind),
     }
+
+
+def _candidates() -> tuple[tuple[str, int], ...]:
+    from ..proposers import PROPOSERS
+
+    return tuple((k, size) for k, size in CPU_CANDIDATES if PROPOSERS[k].available())
 
 
 def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
@@ -76,8 +92,10 @@ def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
 
 def steps(p: dict[str, Any]) -> int:
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
-    return (len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4 + (
-        2 if p.get("stock_points") else 0) + len(p.get("backends", ())) * len(p["e2e"])
+    counts = p.get("proposal_counts") or {"presets": (), "targets": ()}
+    return ((len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4
+            + len(counts["presets"]) * len(counts["targets"]) + len(p.get("candidates", ())) * len(p["e2e_methods"])
+            + len(p.get("backends", ())) * len(p["e2e"]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -340,6 +340,7 @@ class FastMaskGenerator:
                                       iou_threshold=self.crop_nms_thresh)
             data = data.select(keep_by_nms)
         result = self._mask_set(data, orig_size)
+        result.network_seconds = self.last_network_seconds
         self.last_total_seconds = time.perf_counter() - start
         return result
 

@@ -55,6 +55,7 @@ class MaskSet:
     areas: np.ndarray
     record_float_boxes: bool = False
     record_float_crop_boxes: bool = False
+    network_seconds: float = 0.0  # of the generation that made them: the image encoder and mask decoder
 
     def __len__(self) -> int:
         return len(self.crops)
