@@ -25,7 +25,7 @@ from typing import Any
 
 import gradio as gr
 
-from deop import serving, ui
+from deop import explore, serving, ui
 from deop.arguments import add_model_arguments, add_option_arguments, config_from_args, env_default
 from deop.config import APP_OPTIONS, Option, SegmenterConfig, option_value, request_options
 from deop.errors import USER_ERRORS, OptionError, internal_error
@@ -46,6 +46,14 @@ HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
 MAX_FILE_SIZE = "25mb"
 NO_IMAGE = "Upload an image first (or click an example)."
+RUN = "Segment"
+CLICK_MODES = ("inspect", "add a segment", "refine the last added (-)")
+# The vocabulary box's edits, debounced in the browser: a hidden box takes the text 0.6 s after the last
+# keystroke, and its change runs the cached re-run once (Gradio has no debounce of its own).
+DEBOUNCE = """(text, last) => new Promise(resolve => {
+  const me = (window.__deop_typing = (window.__deop_typing || 0) + 1);
+  setTimeout(() => resolve(me === window.__deop_typing ? text : (last ?? "")), 600);
+})"""
 
 
 def work_dir() -> Path:
@@ -288,17 +296,21 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 out.append(gr.validate(True, ""))
             except OptionError as exc:
                 out.append(gr.validate(False, str(exc)))
-        return out
+        return out + [gr.validate(True, "")]  # the session's state
 
-    def outputs(views: dict[str, Any], result, token: str) -> list:
+    labels_stage = {"vocabulary", *(o.name for o in options if o.meta.stage == "labels")}
+
+    def outputs(views: dict[str, Any], result, token: str, note: str = "") -> list:
         crop = views["crop"]
+        button = gr.skip() if note else gr.update(value=RUN)  # a cached re-run leaves pending settings pending
         return [views["one_pass"], gr.update(value=crop, visible=crop is not None or bool(result.pending)),
                 views["latency"], views["chart"], views["files"],
                 gr.update(choices=views["heatmap_classes"], value=views["heatmap_classes"][0]), views["inspect"],
-                ui.run_status(result), CLICK_HINT, token]
+                note + ui.run_status(result), CLICK_HINT, token, button]
 
-    @user_errors
-    def segment(values: dict[str, Any], progress):
+    def pipeline(values: dict[str, Any], progress, note: str = ""):
+        """The request, streamed: the first method's answer, then each further one; the session keeps the
+        last (its token in the browser's state)."""
         alive = client_alive(demo)
         v = checked(values)
         if values["image"] is None:
@@ -317,16 +329,56 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                                                           "crop_n_layers": opts.proposals.crop_n_layers},
                            seg.text_cache.missing(seg.clip, vocabulary, opts.templates), time_limit)
         janitor.maybe_sweep()
-        token = None
+        token = values.get("state") if sessions.get(values.get("state")) is not None else None
         report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
+        request = {**v, "image": values["image"]}
         try:
             for result in seg.stream(work, vocabulary, v["method"], options=opts, timeout=time_limit,
                                      progress=report, cancelled=lambda: not alive(), input_size=input_size):
                 views = ui.segment_views(work, result, results)
-                token = sessions.put(serving.SessionView(work, result, v), token)
-                yield outputs(views, result, token)
+                token = sessions.put(serving.SessionView(work, result, request), token)
+                yield outputs(views, result, token, note)
         finally:
             serving.release_memory()
+
+    @user_errors
+    def segment(values: dict[str, Any], progress):
+        yield from pipeline(values, progress)
+
+    def edits(values: dict[str, Any], view: serving.SessionView | None) -> tuple[list[str], list[str]]:
+        """What differs from the session's last request: (edits the caches answer, edits that need new
+        proposals or features)."""
+        if view is None:
+            return [], []
+        old = view.request
+        changed = [name for name in old if name in values and values[name] != old[name]]
+        return [n for n in changed if n in labels_stage], [n for n in changed if n not in labels_stage]
+
+    @user_errors
+    def rerun(values: dict[str, Any], progress):
+        """An edit of the vocabulary, threshold, fill option or templates on a segmented image runs again
+        by itself, from the cached proposals and features; an edit that needs new ones waits for the
+        button, which says so."""
+        view = sessions.get(values.get("state"))
+        cheap, costly = edits(values, view)
+        if view is None or not isinstance(values.get("vocabulary"), str) or not values["vocabulary"].strip():
+            yield [gr.skip()] * len(segment_outputs)
+            return
+        if costly or not cheap:
+            yield [gr.skip()] * (len(segment_outputs) - 1) + [gr.update(value=stale_label(costly)) if costly
+                                                              else gr.skip()]
+            return
+        what = ", ".join(n.replace("_", " ") for n in cheap)
+        yield from pipeline(values, progress, note=f"Cached re-run ({what} changed). ")
+
+    def stale_label(costly: list[str]) -> str:
+        return RUN + " (new " + ("image" if "image" in costly else "settings") + ": press to run SAM and CLIP again)" \
+            if costly else RUN
+
+    def stale(values: dict[str, Any]):
+        """A setting that needs new proposals or features changed: the button says it will run them."""
+        view = sessions.get(values.get("state"))
+        return gr.update(value=stale_label(edits(values, view)[1] if view is not None else []))
 
     def gpu_seconds(*args, **kwargs) -> float:
         values = dict(zip(list(inputs), args))
@@ -337,8 +389,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     def example(image, vocabulary):
         """An example's answer as Gradio caches it (lazily: the first visitor pays, later ones get it at
         once): plain values only, no session (pressing Segment makes one)."""
-        *_, last = segment({**defaults, "image": image, "vocabulary": vocabulary}, None)
-        left, crop, latency, chart, files, _, view, status, _, token = last
+        *_, last = pipeline({**defaults, "image": image, "vocabulary": vocabulary}, None)
+        left, crop, latency, chart, files, _, view, status, _, token, _ = last
         sessions.drop(token)
         return [left, crop["value"] or left, latency, chart, files, view, status]
 
@@ -354,17 +406,79 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if view is None:
             return EXPIRED if token else "Segment an image first."
         label = evt.value.get("label") if isinstance(evt.value, dict) else evt.value
-        return ui.class_segments(view.result, str(label))
+        return ui.class_segments(view.result, str(label), added=view.extra.get("added", ()))
+
+    def click_at(token: Any, x: Any, y: Any, mode: Any) -> list:
+        """A click on the inspector (or /add_segment): inspect what is there, or add a segment at (x, y)
+        from the cached embedding, or refine the last added one with a negative point."""
+        view = sessions.get(token)
+        if view is None:
+            return [gr.skip(), EXPIRED if token else "Segment an image first.", gr.skip()]
+        for name, value in (("x", x), ("y", y)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OptionError(f"{name} must be a pixel position (a number), got {value!r}")
+        if mode not in CLICK_MODES:
+            raise OptionError(f"mode must be one of {', '.join(CLICK_MODES)}; got {mode!r}")
+        x, y, result = int(x), int(y), view.result
+        h, w = view.image.shape[:2]
+        if not (0 <= x < w and 0 <= y < h):
+            raise OptionError(f"the point ({x}, {y}) lies outside the {w} x {h} image")
+        added = view.extra.setdefault("added", [])
+        picture = ui.inspect_view(view.image, result)
+        on_added = ui.added_under(added, x, y)
+        covered = on_added is not None or ui.segment_under(result, x, y) is not None
+        if mode == CLICK_MODES[0] and covered:
+            if on_added is not None:
+                seg = added[on_added]
+                return [ui.render_highlight(picture, seg.mask), ui.added_markdown(seg, on_added, result.classes),
+                        gr.skip()]
+            return [ui.highlight_at(picture, result, x, y), ui.segment_at(result, x, y), gr.skip()]
+        if mode == CLICK_MODES[2] and not added:
+            return [gr.skip(), "Add a segment first (click an uncovered pixel, or choose \"add a segment\").",
+                    gr.skip()]
+        loader.ready.wait()
+        seg_model = segmenters.get(view.request["proposal_model"])
+        opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
+        refine = mode == CLICK_MODES[2]
+        points = [*added[-1].points, (x, y, False)] if refine else [(x, y, True)]
+        new = explore.add_segment(seg_model, view.image, view.request["vocabulary"], points, opts,
+                                  previous=added[-1] if refine else None)
+        if refine:
+            added[-1] = new
+        else:
+            added.append(new)
+        sessions.put(view, token)  # its size grew
+        left = (view.image, ui.annotations(result, result.primary, added))
+        return [ui.render_highlight(picture, new.mask), ui.added_markdown(new, len(added) - 1, result.classes, refine),
+                left]
 
     @user_errors
-    def click_pixel(token, evt: gr.SelectData):
+    def click_pixel(token, mode, evt: gr.SelectData):
         """A click on the inspector image: Gradio reports the pixel position in the image's own size."""
+        if not isinstance(evt.index, (list, tuple)):
+            return [gr.skip(), "Click on the image.", gr.skip()]
+        return click_at(token, evt.index[0], evt.index[1], mode)
+
+    @user_errors
+    def add_segment_api(x, y, mode, token):
+        return click_at(token, x, y, mode)
+
+    @user_errors
+    def compare(token):
+        """Every severance variant on the session's proposals, one at a time (DeOP's first)."""
         view = sessions.get(token)
-        if view is None or not isinstance(evt.index, (list, tuple)):
-            return gr.update(), EXPIRED if token else "Segment an image first."
-        x, y = int(evt.index[0]), int(evt.index[1])
-        picture = ui.inspect_view(view.image, view.result)
-        return ui.highlight_at(picture, view.result, x, y), ui.segment_at(view.result, x, y)
+        if view is None:
+            yield [gr.skip(), EXPIRED if token else "Segment an image first."]
+            return
+        loader.ready.wait()
+        seg_model = segmenters.get(view.request["proposal_model"])
+        opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
+        runs = []
+        for run in explore.compare_variants(seg_model, view.image, view.request["vocabulary"], opts,
+                                            input_size=view.result.image_size):
+            runs.append(run)
+            gallery, table = ui.variant_views(view.image, runs, view.result.classes)
+            yield [gallery, table]
 
     with gr.Blocks(title="DeOP open-vocabulary segmentation", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# DeOP: open-vocabulary segmentation in one CLIP pass\n"
@@ -388,7 +502,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                                                            visible=len(models) > 1,
                                                            info="loaded on first use; same options for all"))
                     widgets = {o.name: option_widget(o, defaults[o.name]) for o in options}
-                run = gr.Button("Segment", variant="primary")
+                run = gr.Button(RUN, variant="primary", elem_id="run")
             with gr.Column(scale=3):
                 run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
@@ -398,14 +512,31 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 chart = gr.Image(label="Latency per stage", interactive=False)
                 with gr.Tabs():
                     with gr.Tab("Inspect a segment"):
+                        click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click on the image",
+                                              info="inspect a segment, or add one where none is (from the cached "
+                                                   "SAM embedding: no new encoder pass); refine the last added one "
+                                                   "with a negative point", elem_id="click-mode")
                         inspect_view = gr.Image(label="Click a segment", interactive=False, elem_id="inspect")
                         clicked = gr.Markdown(CLICK_HINT, elem_id="clicked")
+                    with gr.Tab("Compare variants"):
+                        gr.Markdown("The same proposals classified by each training-free way of changing CLIP's "
+                                    "last block (DeOP's patch severance, MaskCLIP, SCLIP, ClearCLIP, NACLIP, plain "
+                                    "CLIP); each variant's dense map is cached, so a second look costs nothing.")
+                        compare_button = gr.Button("Compare the severance variants")
+                        variants = gr.Gallery(label="One overlay per variant", columns=[2, 2, 3, 3, 3, 3],
+                                              height="auto", elem_id="variants")
+                        variants_table = gr.Markdown(elem_id="variants-table")
                     with gr.Tab("Class heatmap"):
                         heat_class = gr.Dropdown([], label="Heatmap class")
                         heat = gr.Image(label="Class similarity heatmap", interactive=False)
                     with gr.Tab("Downloads"):
                         files = gr.File(label="Overlay, labels, per-class masks, JSON (segments as COCO RLE)",
                                         file_count="multiple")
+        with gr.Row(visible=False):  # /add_segment's inputs for API clients (the page clicks the inspector)
+            add_x, add_y = gr.Number(label="x", precision=None), gr.Number(label="y", precision=None)
+            add_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[1], label="mode")
+            add_button = gr.Button("add")
+            debounced = gr.Textbox()  # the vocabulary, once typing has paused
         digest = hashlib.sha256(repr((config, defaults)).encode()).hexdigest()[:16]
         with examples_cache(folder / "examples" / digest):
             gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary],
@@ -414,18 +545,41 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
 
         inputs = {"image": image, "vocabulary": vocabulary, "method": method, **widgets,
                   "proposal_model": proposal_model}
-        names = list(inputs)
+        names = [*inputs, "state"]  # the state is the session's token; API clients do not send it
+        defaults["state"] = None
         view_outputs = {"one_pass": out_left, "crop": out_right, "latency": latency, "chart": chart, "files": files,
                         "heatmap_classes": heat_class, "inspect": inspect_view}
+        segment_outputs = [*(view_outputs[n] for n in ui.SEGMENT_OUTPUTS), run_status, clicked, state, run]
+        pipeline_events = {"concurrency_id": "pipeline"}  # one request at a time uses the models
+        run.click(on_gpu(with_signature(segment, names, defaults), gpu_seconds), [*inputs.values(), state],
+                  segment_outputs, api_name="segment", validator=with_signature(validate, names, defaults, False),
+                  **pipeline_events)
+        # Edits that the caches answer re-run by themselves: the vocabulary once typing pauses (debounced in
+        # the browser), the threshold when its slider is let go, the fill option and templates when picked.
+        rerun_handler = with_signature(rerun, names, defaults)
+        vocabulary.input(None, [vocabulary, debounced], debounced, js=DEBOUNCE, trigger_mode="multiple",
+                         queue=False)
+        debounced.change(rerun_handler, [image, debounced, *list(inputs.values())[2:], state], segment_outputs,
+                         api_name="rerun", **pipeline_events)
+        for name, event in (("none_threshold", "release"), ("fill_uncovered", "input"), ("templates", "input")):
+            getattr(widgets[name], event)(rerun_handler, [*inputs.values(), state], segment_outputs,
+                                          api_visibility="private", **pipeline_events)
+        private = {"api_visibility": "private"}
         preset.change(lambda p, v: Vocabulary.from_names(PRESETS[p]).to_text() if p else v, [preset, vocabulary],
-                      vocabulary)
-        run.click(on_gpu(with_signature(segment, names, defaults), gpu_seconds), list(inputs.values()),
-                  [*(view_outputs[n] for n in ui.SEGMENT_OUTPUTS), run_status, clicked, state], api_name="segment",
-                  validator=with_signature(validate, names, defaults, progress=False))
+                      vocabulary, **private).then(rerun_handler, [*inputs.values(), state], segment_outputs, **private,
+                                       **pipeline_events)
+        stale_handler = with_signature(lambda values, progress: stale(values), names, defaults, False)
+        for name, component in inputs.items():
+            if name not in labels_stage:
+                component.change(stale_handler, [*inputs.values(), state], run, queue=False, **private)
         heat_class.change(heatmap, [heat_class, state], heat)
         out_left.select(click_legend, [state], clicked)
         out_right.select(click_legend, [state], clicked)
-        inspect_view.select(click_pixel, [state], [inspect_view, clicked])
+        inspect_view.select(click_pixel, [state, click_mode], [inspect_view, clicked, out_left], **pipeline_events)
+        add_button.click(add_segment_api, [add_x, add_y, add_mode, state], [inspect_view, clicked, out_left],
+                         api_name="add_segment", **pipeline_events)
+        compare_button.click(compare, [state], [variants, variants_table], api_name="compare_variants",
+                             **pipeline_events)
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
     pad_missing_inputs(demo)
@@ -445,6 +599,9 @@ CSS = """
 #latency td:first-child, #latency th:first-child { white-space: nowrap; }
 #latency td:not(:first-child), #latency th:not(:first-child) { text-align: right; }
 @media (max-width: 480px) { #latency th, #latency td { padding: 6px 8px; } }
+#variants-table th, #variants-table td { overflow-wrap: normal; word-break: normal; }
+#variants-table td { white-space: nowrap; }
+@media (max-width: 480px) { #variants-table th, #variants-table td { padding: 6px 6px; } }
 """
 
 

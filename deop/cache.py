@@ -90,5 +90,9 @@ class StageCache:
     def clear(self) -> None:
         self._lru.clear()
 
+    @property
+    def max_entries(self) -> int:
+        return self._lru.max_entries
+
     def __len__(self) -> int:
         return len(self._lru)

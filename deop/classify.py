@@ -68,8 +68,14 @@ def cell_counts(segment_map: np.ndarray, n: int, grid: tuple[int, int]) -> torch
 
 def pool_segments(features: torch.Tensor, proposals: Proposals) -> torch.Tensor:
     """[N, D] L2-normalised segment embeddings: one matrix product for all masks."""
+    return pool_map(features, proposals.segment_map, len(proposals))
+
+
+def pool_map(features: torch.Tensor, segment_map: np.ndarray, n: int) -> torch.Tensor:
+    """[n, D] L2-normalised embeddings of segments 0..n-1 of any id map at the image's size (a single
+    added mask is ``np.where(mask, 0, -1)``)."""
     d, gh, gw = features.shape
-    weights = cell_counts(proposals.segment_map, len(proposals), (gh, gw)).to(features.device)
+    weights = cell_counts(segment_map, n, (gh, gw)).to(features.device)
     return F.normalize(weights @ features.reshape(d, -1).T, dim=-1)
 
 

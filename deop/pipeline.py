@@ -19,6 +19,7 @@ import torch
 from . import rle
 from .cache import StageCache, TimedValue
 from .classify import dense_features, encode_crops, labels_from
+from .clip.severance import SEVERANCE_VARIANTS
 from .config import SegmenterConfig, SegmentOptions
 from .errors import DeviceOutOfMemory
 from .images import image_key, load_image, resize_max_side
@@ -74,8 +75,10 @@ class Segmenter:
         from .clip.text import TextEmbeddingCache
 
         self.text_cache = TextEmbeddingCache()
+        # Dense maps are small (0.5-5 MB) and the variants compared side by side each keep one per image.
         size = self.config.cache_size
-        self.stages = {name: StageCache(name, size, self.device) for name in ("proposals", "dense", "crops")}
+        sizes = {"proposals": size, "dense": size * len(SEVERANCE_VARIANTS), "crops": size}
+        self.stages = {name: StageCache(name, n, self.device) for name, n in sizes.items()}
 
     # -- models ---------------------------------------------------------------------------------
     @property

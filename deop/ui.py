@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +122,82 @@ def outputs_by_name(values: tuple | list) -> dict[str, object]:
     return dict(zip(SEGMENT_OUTPUTS, values))
 
 
-def annotations(result: SegmentationResult, method: str) -> list[tuple[np.ndarray, str]]:
-    """(mask, class name) pairs for gr.AnnotatedImage, one per class present, largest first."""
+def annotations(result: SegmentationResult, method: str, added: Sequence[Any] = ()) -> list[tuple[np.ndarray, str]]:
+    """(mask, name) pairs for gr.AnnotatedImage: one per class present, largest first, then one per segment
+    added by clicks (``deop.explore.AddedSegment``), on top and named ``added_name`` so that each shows in
+    the legend as its own entry."""
     label_map = result.methods[method].work_label_map
-    return [(label_map == index, name) for index, name, _ in render.legend_entries(label_map, result.classes)]
+    if added:
+        label_map = label_map.copy()
+        for seg in added:
+            label_map[seg.mask] = -1
+    pairs = [(label_map == index, name) for index, name, _ in render.legend_entries(label_map, result.classes)]
+    return pairs + [(visible, added_name(seg, k, result.classes)) for k, (seg, visible) in
+                    enumerate(zip(added, _visible_parts(added)))]
+
+
+def added_name(seg: Any, k: int, classes: list[str]) -> str:
+    return f"+{k + 1} {classes[seg.label] if seg.label >= 0 else '(none)'}"
+
+
+def _visible_parts(added: Sequence[Any]) -> list[np.ndarray]:
+    """Each added mask minus the pixels of the segments added after it (the later one is on top)."""
+    parts, above = [], None
+    for seg in reversed(added):
+        part = seg.mask if above is None else seg.mask & ~above
+        above = seg.mask.copy() if above is None else above | seg.mask
+        parts.append(part)
+    return parts[::-1]
+
+
+def added_under(added: Sequence[Any], x: int, y: int) -> int | None:
+    """The index of the topmost (last added) added segment under (x, y)."""
+    for k in range(len(added) - 1, -1, -1):
+        mask = added[k].mask
+        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x]:
+            return k
+    return None
+
+
+def added_markdown(seg: Any, k: int, classes: list[str], refined: bool = False) -> str:
+    """An added segment's label and top-5, and what it cost the server."""
+    label = classes[seg.label] if seg.label >= 0 else "(none of these)"
+    positive = sum(1 for *_, p in seg.points if p)
+    prompts = f"{positive} positive, {len(seg.points) - positive} negative point" + (
+        "s" if len(seg.points) - positive != 1 else "")
+    how = "refined" if refined else "added by your click"
+    reused = " and ".join(s.replace("_", " ") for s in seg.reused) or "nothing"
+    top = ", ".join(f"{c} {p:.2f}" for c, p in seg.top5)
+    return (f"**Added segment {k + 1}: {label}** ({seg.area} px, {how}; {prompts}; SAM's predicted IoU "
+            f"{seg.sam_score:.2f})\n- One pass (DeOP): {top}\n\nAnswered in {seg.seconds * 1000:.0f} ms on the "
+            f"server from the cached {reused} (no new encoder pass).")
+
+
+def variant_views(image: np.ndarray, runs: Sequence[Any], classes: list[str]) -> tuple[list, str]:
+    """The compare view: a small overlay per severance variant, captioned with its CLIP time and its
+    agreement with DeOP, and a table of the segments whose label changes between variants."""
+    from .explore import label_changes
+    from .images import resize_max_side
+
+    picture = resize_max_side(image, 384)  # thumbnails: six of them fit a phone's screen
+    gallery, rows = [], []
+    for run in runs:
+        overlay = render.overlay(picture, run.method.label_map_at(picture.shape), classes, legend=False)
+        a = run.agreement or {}
+        gallery.append((overlay, f"{run.variant} · {run.clip_seconds:.2f} s · {100 * a.get('segments', 1):.0f}%"))
+        rows.append(f"| {run.variant} | {run.clip_seconds:.2f} s{' ⟲' if run.reused else ''} | "
+                    f"{100 * a.get('segments', 1):.0f}% | {100 * a.get('pixels', 1):.0f}% |")
+    table = ["| variant | CLIP pass | same as DeOP: segments | pixels |", "|---|---:|---:|---:|", *rows]
+    lines = ["\n".join(table), "⟲: its dense map came from the cache (the time is what it cost when computed). "
+             + "; ".join(f"**{r.variant}**: {r.description.split(': ', 1)[-1]}" for r in runs) + "."]
+    changes = label_changes(list(runs), classes)
+    if changes:
+        items = [f"- segment {c['id']} ({c['area']} px): " + ", ".join(f"{r.variant} *{c[r.variant]}*" for r in runs)
+                 for c in changes]
+        lines.append(f"**Segments whose label changes** ({len(changes)} shown, largest first):\n" + "\n".join(items))
+    elif runs:
+        lines.append("Every segment gets the same label from every variant.")
+    return gallery, "\n\n".join(lines)
 
 
 def latency_markdown(result: SegmentationResult) -> str:
@@ -198,11 +270,16 @@ def inspect_view(image: np.ndarray, result: SegmentationResult) -> np.ndarray:
 
 def highlight_at(view: np.ndarray, result: SegmentationResult, x: int, y: int) -> np.ndarray:
     """``view`` with the segment under (x, y) highlighted, or unchanged where there is none."""
-    index = _segment_under(result, x, y)
+    index = segment_under(result, x, y)
     return view if index is None else render.highlight(view, result.work_segment_map == index)
 
 
-def _segment_under(result: SegmentationResult, x: int, y: int) -> int | None:
+def render_highlight(view: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``view`` with `mask` highlighted (an added segment's)."""
+    return render.highlight(view, mask)
+
+
+def segment_under(result: SegmentationResult, x: int, y: int) -> int | None:
     seg = result.work_segment_map
     if seg is None:
         return None
@@ -216,9 +293,10 @@ def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     """Top-5 classes of the segment under a clicked pixel, as Markdown."""
     if result.work_segment_map is None:
         return "This method has no segments to click."
-    index = _segment_under(result, x, y)
+    index = segment_under(result, x, y)
     if index is None:
-        return "No segment here (this pixel was filled from the dense map)."
+        return ("No segment here (this pixel was filled from the dense map). Click it again with "
+                "\"add a segment\" chosen, or in \"inspect\" mode on any uncovered pixel, to add one.")
     lines = [f"**Segment {index}** ({result.methods[m].segments[index].area} px)" for m in result.methods
              if METHODS[m].uses_proposals][:1]
     for name, m in result.methods.items():
@@ -228,9 +306,12 @@ def segment_at(result: SegmentationResult, x: int, y: int) -> str:
     return "\n".join(lines)
 
 
-def class_segments(result: SegmentationResult, class_name: str, limit: int = 5) -> str:
+def class_segments(result: SegmentationResult, class_name: str, limit: int = 5, added: Sequence[Any] = ()) -> str:
     """Top-5 classes of the largest segments labelled `class_name` (what a click on a legend entry or
-    a region of the annotated overlay selects)."""
+    a region of the annotated overlay selects), or of the added segment that entry names."""
+    for k, seg in enumerate(added):
+        if class_name == added_name(seg, k, result.classes):
+            return added_markdown(seg, k, result.classes)
     if class_name not in result.classes:
         return "Click a coloured region to see its segments' top-5 classes."
     index = result.classes.index(class_name)

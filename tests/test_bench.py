@@ -167,8 +167,19 @@ def test_plan_has_the_mask_count_records_and_the_cpu_candidates():
     full = plan(parser.parse_args(["bench", "--backends", "none"]))
     assert full["proposal_counts"] == {"presets": ("fast", "demo"), "targets": MASK_COUNTS} == {
         "presets": ("fast", "demo"), "targets": (1, 30, 100, 300)}
-    assert set(full["candidates"]) <= set(CPU_CANDIDATES) and ("vit_b", 512) in full["candidates"]
+    assert set(full["candidates"]) <= set(CPU_CANDIDATES) and ("vit_b", 448) in full["candidates"]
     quick = plan(parser.parse_args(["bench", "--quick"]))
     assert quick["proposal_counts"]["targets"] == (1, 300) and quick["candidates"] == ()
     assert steps(full) - steps({**full, "candidates": ()}) == 2 * len(full["candidates"])
     assert plan(parser.parse_args(["bench", "--skip-e2e"]))["proposal_counts"] is None
+
+
+def test_click_and_variant_costs_are_measured(segmenter):
+    bench = Bench(segmenter, repeats=1, warmup=0)
+    clicks = [r.to_dict() for r in bench.clicks([("tiny", 256)], n=3, image=synthetic_image(160))]
+    assert [(r["kind"], r["sam_model"], r["repeats"]) for r in clicks] == [("click", "tiny", 3)]
+    assert 0 < clicks[0]["seconds_median"] < 30
+    variants = [r.to_dict() for r in bench.variants(image=synthetic_image(160))]
+    assert [r["method"] for r in variants] == ["deop", "maskclip", "sclip", "clearclip", "naclip", "none",
+                                               "all cached"]
+    assert all(r["seconds_median"] > 0 for r in variants) and "dense pass reused" in format_table(variants)

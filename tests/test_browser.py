@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -204,3 +205,115 @@ def test_closing_the_page_stops_its_request_and_frees_the_queue(browser, page_ur
     out = Client(page_url, verbose=False).predict(handle_file(str(path)), "sky", "dense", api_name="/segment")
     assert out[0]["annotations"] and time.monotonic() - start < 30
     assert stopped == ["Cancelled"]
+
+
+@pytest.fixture(scope="module")
+def sparse_app():
+    """An app whose segments cover little (two masks at most), so that uncovered pixels exist to click."""
+    from dataclasses import replace
+
+    from app import build_app
+    from conftest import SMALL_CONFIG, serve
+
+    demo = build_app(replace(SMALL_CONFIG, options=SMALL_CONFIG.options.with_overrides(max_masks=2)),
+                     calibrate=False)
+    with serve(demo) as url:
+        yield demo, url
+
+
+def _segment_in(page, path, vocabulary="sky, grass, ball"):
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_label("Classes").fill(vocabulary)
+    page.get_by_role("button", name="Segment", exact=True).click()
+    try:
+        page.wait_for_selector("#run-status :text('Done')", timeout=120_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed-segment.png"), full_page=True)
+        raise
+
+
+def test_a_click_on_an_uncovered_pixel_adds_a_segment_to_the_legend(browser, sparse_app, tmp_path):
+    demo, url = sparse_app
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=16)).save(path)
+    page = _new_page(browser, url)
+    _segment_in(page, path)
+    view = max(demo.deop.sessions._items.values(), key=lambda item: item[2])[0]  # the newest session's
+    ys, xs = np.nonzero(view.result.work_segment_map < 0)
+    assert len(xs), "the test needs an uncovered pixel"
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    before = page.locator("#one-pass button.legend-item").all_inner_texts()
+    inspect = page.locator("#inspect img")
+    inspect.scroll_into_view_if_needed()
+    box = inspect.bounding_box()
+    h, w = view.image.shape[:2]
+    inspect.click(position={"x": (x + 0.5) * box["width"] / w, "y": (y + 0.5) * box["height"] / h})
+    page.wait_for_selector("#clicked :text('Added segment 1')", timeout=30_000)
+    page.wait_for_function("n => document.querySelectorAll('#one-pass button.legend-item').length > n",
+                           arg=len(before), timeout=30_000)
+    after = page.locator("#one-pass button.legend-item").all_inner_texts()
+    assert [t for t in after if t.startswith("+1 ")] and "no new encoder pass" in page.inner_text("#clicked")
+    for name, size in (("app-added-laptop", (1366, 900)), ("app-added-phone", (390, 844))):
+        page.set_viewport_size({"width": size[0], "height": size[1]})
+        page.wait_for_timeout(300)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.close()
+
+
+def test_the_compare_tab_shows_one_overlay_per_variant(browser, page_url, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=17)).save(path)
+    page = _new_page(browser, page_url)
+    _segment_in(page, path)
+    page.get_by_role("tab", name="Compare variants").click()
+    page.get_by_role("button", name="Compare the severance variants").click()
+    page.wait_for_function("() => document.querySelectorAll('#variants img').length >= 6", timeout=120_000)
+    table = page.inner_text("#variants-table")
+    for variant in ("deop", "maskclip", "sclip", "clearclip", "naclip", "none"):
+        assert f"{variant}\t" in table or f"| {variant} |" in table or variant in table
+    for name, size in (("app-compare-laptop", (1366, 900)), ("app-compare-phone", (390, 844))):
+        page.set_viewport_size({"width": size[0], "height": size[1]})
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.close()
+
+
+def test_a_vocabulary_edit_re_runs_by_itself_once_from_the_cache(browser, page_url, tmp_path, monkeypatch):
+    """Typing a new class re-runs once the typing pauses (debounced in the browser), without SAM or the
+    CLIP pass; a setting that needs new proposals makes the button say so instead."""
+    import deop.pipeline
+    from deop.pipeline import Segmenter
+    from deop.proposers import Proposer
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=18)).save(path)
+    page = _new_page(browser, page_url)
+    _segment_in(page, path, "sky, grass")
+    calls = {"stream": 0, "sam": 0, "clip": 0}
+    for owner, name, key in ((Segmenter, "stream", "stream"), (Proposer, "propose", "sam"),
+                             (deop.pipeline, "dense_features", "clip")):
+        original = getattr(owner, name)
+        if key == "stream":
+            def wrapped(*a, _o=original, **k):
+                calls["stream"] += 1
+                yield from _o(*a, **k)
+        else:
+            def wrapped(*a, _o=original, _k=key, **k):
+                calls[_k] += 1
+                return _o(*a, **k)
+        monkeypatch.setattr(owner, name, wrapped)
+    box = page.get_by_label("Classes")
+    box.click()
+    box.press("End")
+    box.type(", ball, tree", delay=60)
+    page.wait_for_function("() => { const t = document.querySelector('#run-status').innerText; "
+                           "return t.includes('Cached re-run (vocabulary changed)') && t.includes('Done'); }",
+                           timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert calls == {"stream": 1, "sam": 0, "clip": 0}
+    assert "tree" in page.inner_text("#latency") or "reused from cache" in page.inner_text("#latency")
+    page.get_by_label("one-pass", exact=True).check()  # the method: the crops would have to run
+    page.wait_for_selector("#run:has-text('press to run SAM and CLIP again')", timeout=30_000)
+    assert calls["stream"] == 1
+    page.close()

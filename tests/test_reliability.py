@@ -73,7 +73,10 @@ def test_thirty_different_images_do_not_grow_memory_without_bound(segmenter):
         segmenter.segment(scene(seed=300 + i), f"sky, grass, thing {i}", method="both")
     gc.collect()
     growth = process.memory_info().rss - before
-    assert all(len(stage) <= segmenter.config.cache_size for stage in segmenter.stages.values())
+    stages = segmenter.stages
+    assert all(len(stage) <= stage.max_entries for stage in stages.values())
+    assert stages["proposals"].max_entries == stages["crops"].max_entries == segmenter.config.cache_size
+    assert stages["dense"].max_entries == 6 * segmenter.config.cache_size  # one per severance variant
     assert growth < 200 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB over 30 requests"
 
 

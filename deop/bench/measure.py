@@ -322,14 +322,15 @@ class Bench:
             opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"], sam_input_size=size,
                                                      pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                                      box_nms_thresh=1.0, max_masks=masks)
-            for method in methods:
+            for i, method in enumerate(methods):
                 results = []
 
                 def run(seg: Segmenter = seg, opts: Any = opts, method: str = method, results: list = results) -> None:
                     seg.clear_cache()
                     results.append(seg.segment(image, vocab, method, options=opts))
 
-                times = time_calls(run, 1, 0, seg.device)
+                # A model's first call pays one-time costs (allocations, kernel selection): not its latency.
+                times = time_calls(run, 1, 1 if i == 0 else 0, seg.device)
                 last = results[-1]
                 n = len(next(iter(last.methods.values())).segments)
                 stages = {f"{m}_seconds": round(r.first_run_timings["total"], 4) for m, r in last.methods.items()}
@@ -340,6 +341,54 @@ class Bench:
                 record.sam_model = kind
                 out.append(record)
                 self.advance(f"{kind}@{size} {masks} masks {method}")
+        return out
+
+    def clicks(self, candidates: Sequence[tuple[str, int]], n: int = 10, image: np.ndarray | None = None
+               ) -> list[BenchRecord]:
+        """A click that adds a segment on a segmented image (the fast preset): SAM's decoder on the kept
+        embedding, pooling and scoring from the cached dense map; the server's time per click over `n`
+        points spread over the image, for each (proposal model, encoder input)."""
+        from ..explore import add_segment
+
+        name = "coffee.jpg" if image is None else "given"
+        image = photo_image(640) if image is None else image
+        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        h, w = image.shape[:2]
+        rng = np.random.default_rng(0)
+        points = [(float(x), float(y), True) for x, y in zip(rng.integers(0, w, n), rng.integers(0, h, n))]
+        out = []
+        for kind, size in candidates:
+            seg = self.segmenter if kind == self.segmenter.config.sam_kind else self.segmenter.with_proposal_model(kind)
+            opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"], sam_input_size=size)
+            seg.segment(image, vocab, "one-pass", options=opts)  # what the app has done before any click
+            add_segment(seg, image, vocab, [points[0]], opts)  # a warm-up
+            seconds = [add_segment(seg, image, vocab, [p], opts).seconds for p in points]
+            record = self.record("click", "add_segment", None, max(image.shape[:2]), seconds, image=name,
+                                 sam_input_size=seg.proposer_spec.input_size_for(size), clicks=n)
+            record.sam_model = kind
+            out.append(record)
+            self.advance(f"clicks {kind}@{size}")
+        return out
+
+    def variants(self, image: np.ndarray | None = None) -> list[BenchRecord]:
+        """The compare view's cost: each severance variant's dense pass on the shared proposals (its first
+        look), then the whole view again from the caches."""
+        from ..explore import compare_variants
+
+        name = "coffee.jpg" if image is None else "given"
+        image = photo_image(640) if image is None else image
+        seg = self.segmenter
+        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"])
+        seg.segment(image, vocab, "one-pass", options=opts)
+        out = []
+        for run in compare_variants(seg, image, vocab, opts):
+            out.append(self.record("variants", run.variant, len(run.method.segments), max(image.shape[:2]),
+                                   [run.clip_seconds], image=name, reused=run.reused,
+                                   clip_size=opts.clip_size))
+        again = time_calls(lambda: list(compare_variants(seg, image, vocab, opts)), 1, 0, seg.device)
+        out.append(self.record("variants", "all cached", None, max(image.shape[:2]), again, image=name))
+        self.advance("compare variants")
         return out
 
     def backends(self, kinds: Sequence[str], configs: Sequence[tuple[str, int | None]]) -> list[BenchRecord]:
@@ -381,6 +430,9 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
         records += bench.proposals_at_counts(**p["proposal_counts"])
     if p.get("candidates"):
         records += bench.at_forced_masks(p["candidates"], p["forced_masks"], p["e2e_methods"])
+    if p.get("click_models"):
+        records += bench.clicks(p["click_models"])
+        records += bench.variants()
     if p.get("backends"):  # after the memory record too: the target counts the default models only
         records += bench.backends(p["backends"], p["e2e"])
     flat = [r.to_dict() for r in records]

@@ -108,6 +108,10 @@ def _detail(r: dict) -> str:
         same = "equal" if r.get("identical") else "DIFFERENT"
         return (f"{r.get('sam_model')}@{r.get('sam_input_size')} {r.get('preset')} pps={r.get('points_per_side')}, "
                 f"network {r.get('network_seconds')}s, masks {same}")
+    if r["kind"] == "click":
+        return f"{r.get('sam_model')}@{r.get('sam_input_size')}, {r.get('clicks')} clicks on a cached image"
+    if r["kind"] == "variants":
+        return "dense pass reused" if r.get("reused") else f"clip {r.get('clip_size')}px, first look"
     if r["kind"] == "e2e_masks":
         return f"{r.get('sam_model')}@{r.get('sam_input_size')} fast, {r.get('forced_masks')} masks asked"
     return f"max image {r.get('max_image_size')}px" if r["kind"] == "memory" else ""

@@ -14,7 +14,8 @@ QUICK_SIZES = (448, 672)
 QUICK_N = (10, 100, 200)
 MASK_COUNTS = (1, 30, 100, 300)
 # What the CPU default is chosen from: each proposal model at the encoder input it would run at.
-CPU_CANDIDATES = (("vit_b", 512), ("vit_b", 1024), ("mobile_sam", 1024), ("sam2.1_hiera_t", 512))
+CPU_CANDIDATES = (("vit_b", 448), ("vit_b", 512), ("vit_b", 1024), ("mobile_sam", 1024), ("sam2.1_hiera_t", 448))
+CLICK_MODELS = (("vit_b", 448), ("mobile_sam", 1024), ("sam2.1_hiera_t", 448))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -66,15 +67,22 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "presets": ("fast",) if quick else ("fast", "demo"),
             "targets": (MASK_COUNTS[0], MASK_COUNTS[-1]) if quick else MASK_COUNTS},
         "candidates": () if args.skip_e2e or quick else _candidates(),
+        # the research tools' costs: a click that adds a segment (SAM at the fast preset's input, MobileSAM),
+        # and the severance variants side by side
+        "click_models": () if args.skip_e2e else _available(CLICK_MODELS),
         "forced_masks": args.forced_masks,
         "backends": () if args.skip_e2e else _backends(args.backends, quick, config_from_args(args, False).sam_kind),
     }
 
 
 def _candidates() -> tuple[tuple[str, int], ...]:
+    return _available(CPU_CANDIDATES)
+
+
+def _available(models: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
     from ..proposers import PROPOSERS
 
-    return tuple((k, size) for k, size in CPU_CANDIDATES if PROPOSERS[k].available())
+    return tuple((k, size) for k, size in models if PROPOSERS[k].available())
 
 
 def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
@@ -95,7 +103,8 @@ def steps(p: dict[str, Any]) -> int:
     counts = p.get("proposal_counts") or {"presets": (), "targets": ()}
     return ((len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4
             + len(counts["presets"]) * len(counts["targets"]) + len(p.get("candidates", ())) * len(p["e2e_methods"])
-            + len(p.get("backends", ())) * len(p["e2e"]))
+            + len(p.get("backends", ())) * len(p["e2e"]) + len(p.get("click_models", ()))
+            + (1 if p.get("click_models") else 0))
 
 
 def run(args: argparse.Namespace) -> int:

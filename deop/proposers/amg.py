@@ -341,6 +341,7 @@ class FastMaskGenerator:
             data = data.select(keep_by_nms)
         result = self._mask_set(data, orig_size)
         result.network_seconds = self.last_network_seconds
+        result.prompter = self.predictor if self.keep_embedding else None
         self.last_total_seconds = time.perf_counter() - start
         return result
 

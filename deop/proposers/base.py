@@ -56,6 +56,7 @@ class MaskSet:
     record_float_boxes: bool = False
     record_float_crop_boxes: bool = False
     network_seconds: float = 0.0  # of the generation that made them: the image encoder and mask decoder
+    prompter: Any = field(default=None, repr=False, compare=False)  # the predictor holding the image's embedding
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -120,6 +121,8 @@ class Proposals:
     boxes: (N, 4) int x0, y0, x1, y1 (exclusive ends) of each segment.
     areas: (N,) pixel count of each segment.
     raw_count: masks the model returned before the limit and the overlap resolution.
+    prompter: the model's predictor still holding this image's embedding, so that a point prompt (a click
+        that adds a segment) decodes a mask without encoding the image again.
     """
 
     segment_map: np.ndarray
@@ -127,6 +130,7 @@ class Proposals:
     boxes: np.ndarray
     areas: np.ndarray
     raw_count: int
+    prompter: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -288,7 +292,26 @@ class Proposer:
         masks = self.masks(image, config, deadline)
         proposals = resolve_overlaps(keep_best(masks, config.max_masks))
         proposals.raw_count = len(masks)
+        proposals.prompter = masks.prompter
         return proposals
+
+    def point_mask(self, proposals: Proposals, points: Sequence[tuple[float, float, bool]],
+                   mask_input: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """The mask SAM's decoder gives for point prompts (x, y in the image's pixels, True for a positive
+        point) on the embedding kept with `proposals`: the best of its three masks for one point, its single
+        mask for several (with the previous low-resolution logits as `mask_input`, as SAM's interactive
+        tools refine). Returns the (H, W) mask, its predicted IoU and its low-resolution logits."""
+        if proposals.prompter is None:
+            raise ValueError("these proposals were made without keeping the image embedding")
+        import torch
+
+        coords = np.array([[x, y] for x, y, _ in points], dtype=np.float32)
+        labels = np.array([1 if positive else 0 for *_, positive in points], dtype=np.int32)
+        with torch.inference_mode():
+            masks, scores, logits = proposals.prompter.predict(
+                point_coords=coords, point_labels=labels, mask_input=mask_input, multimask_output=len(points) == 1)
+        best = int(np.argmax(scores))
+        return np.asarray(masks[best], dtype=bool), float(scores[best]), logits[best][None]
 
     def stock_generator(self, config: ProposalConfig) -> Any:
         return self.spec.family.stock_generator(self.model, config)

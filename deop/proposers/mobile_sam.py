@@ -2,7 +2,7 @@
 SAM ViT-H, from the official code as packaged on PyPI (``mobilesam-mirror``, import ``mobile_sam``).
 
 Why have it: its encoder at SAM's full 1024 px input costs about a tenth of vit_b's on a CPU, so it gives
-full-resolution masks for less than vit_b pays at 512 px. It shares SAM's decoder, generator and
+full-resolution masks for less than vit_b pays at 1024 px. It shares SAM's decoder, generator and
 post-processing, so it is SAM's family with another encoder. TinyViT's last stage reshapes to a fixed
 64 x 64 grid, so it runs at 1024 px only (``sam_input_size`` does not apply).
 

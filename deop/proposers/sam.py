@@ -2,7 +2,7 @@
 ``segment_anything`` package.
 
 Its checkpoints come from Meta's own server with published SHA-256 sums. The encoder runs at any input
-size that is a multiple of 16 (weights shared; 512 px is about 4-10x cheaper on a CPU), and its global
+size that is a multiple of 16 (weights shared; 448 px is about 8x cheaper on a CPU), and its global
 attention runs a few heads at a time (``lean_attention``: same output, a tenth of the memory).
 """
 
@@ -90,7 +90,7 @@ class SamFamily(ProposerFamily):
         if float32_points is None:
             float32_points = needs_float32_points(model.device)
         generator = FastMaskGenerator(model, "sam", **config.generator_kwargs(), float32_points=float32_points,
-                                      before_batch=_checker(deadline))
+                                      before_batch=_checker(deadline), keep_embedding=True)
         return generator.generate(image)
 
     def stock_generator(self, model: Any, config: Any) -> Any:

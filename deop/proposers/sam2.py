@@ -106,7 +106,7 @@ class Sam2Family(ProposerFamily):
             predictor = SAM2ImagePredictor(model, max_hole_area=area, max_sprinkle_area=area)
             prepare_predictor(predictor, model)
             generator = FastMaskGenerator(model, "sam2", **config.generator_kwargs(), predictor=predictor,
-                                          before_batch=_checker(deadline))
+                                          before_batch=_checker(deadline), keep_embedding=True)
             return generator.generate(image)
 
 

@@ -1,0 +1,125 @@
+"""What a researcher asks of an image already segmented, answered from its caches: DeOP's idea is to pay
+for the image once, then answer many questions cheaply.
+
+``add_segment``: a point prompt to SAM's mask decoder on the image embedding kept with the proposals (no
+new encoder pass), the mask classified from the cached dense CLIP map like every other segment;
+``compare_variants``: the same proposals classified with each training-free severance variant, each
+variant's dense map cached like DeOP's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .clip.severance import SEVERANCE_VARIANTS
+from .images import image_key
+from .result import MethodResult, agreement
+from .timing import synchronize
+from .vocabulary import Vocabulary, parse_vocabulary
+
+if TYPE_CHECKING:
+    from .config import SegmentOptions
+    from .pipeline import Segmenter
+
+Point = tuple[float, float, bool]  # x, y in the image's pixels; True for a positive point
+
+
+@dataclass
+class AddedSegment:
+    """A segment added by point prompts. mask: (h, w) bool at the image's size; label -1 when its best
+    probability is below the "none of these" threshold; seconds: the server's time for it (decoder,
+    pooling, scoring); reused: the cached stages it was answered from."""
+
+    mask: np.ndarray
+    points: list[Point]
+    logits: np.ndarray = field(repr=False)
+    sam_score: float
+    label: int
+    score: float
+    top5: list[tuple[str, float]]
+    seconds: float
+    reused: list[str]
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def add_segment(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary, points: Sequence[Point],
+                options: SegmentOptions | None = None, previous: AddedSegment | None = None) -> AddedSegment:
+    """The segment SAM's decoder gives for `points` on `image` (at the size it was segmented at), labelled
+    by the one-pass method. With `previous` (the segment being refined), its low-resolution logits seed
+    the decoder, as SAM's interactive tools do. Proposals and features come from the segmenter's caches
+    when `image` was segmented with these options (the app's case), else they are computed first."""
+    from .classify import labels_from, pool_map, probabilities
+
+    opts = options or segmenter.config.options
+    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else parse_vocabulary(vocabulary)
+    key = image_key(image)
+    proposals, hit_p = segmenter.proposals(image, opts, key)
+    features, hit_f = segmenter.features(image, opts, key)
+    text = segmenter.text_cache.vocabulary(segmenter.clip, vocab, opts.templates)
+    synchronize(segmenter.device)
+    start = time.perf_counter()
+    proposer = segmenter.proposer_at(opts.proposals.sam_input_size)
+    seed = previous.logits if previous is not None and len(points) > 1 else None
+    mask, sam_score, logits = proposer.point_mask(proposals.value, points, seed)
+    probs = probabilities(pool_map(features.value, np.where(mask, 0, -1), 1), text, opts.logit_scale)
+    labels, best = labels_from(probs, opts.none_threshold)
+    k = min(5, probs.shape[1])
+    top_p, top_i = (t[0].cpu().numpy() for t in probs.topk(k, dim=-1))
+    synchronize(segmenter.device)
+    seconds = time.perf_counter() - start
+    reused = (["proposals"] if hit_p else []) + (["image_encoding"] if hit_f else [])
+    return AddedSegment(mask, list(points), logits, sam_score, int(labels[0]), float(best[0]),
+                        [(vocab.names[j], float(p)) for j, p in zip(top_i, top_p)], seconds, reused)
+
+
+@dataclass
+class VariantRun:
+    """One severance variant on the shared proposals. clip_seconds: its dense pass (what it cost when
+    computed, also when it was reused now); agreement: with the reference variant's labels."""
+
+    variant: str
+    description: str
+    method: MethodResult
+    clip_seconds: float
+    reused: bool
+    agreement: dict[str, float] | None = None
+
+
+def compare_variants(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary,
+                     options: SegmentOptions | None = None, variants: Sequence[str] | None = None,
+                     reference: str = "deop", input_size: tuple[int, int] | None = None) -> Iterator[VariantRun]:
+    """Each variant's one-pass answer on the same proposals and text, one at a time (the reference first),
+    each with its agreement with the reference's labels."""
+    opts = options or segmenter.config.options
+    names = list(variants or SEVERANCE_VARIANTS)
+    names = [reference] + [n for n in names if n != reference] if reference in names else names
+    ref: MethodResult | None = None
+    for name in names:
+        result = segmenter.segment(image, vocabulary, "one-pass", options=opts.with_overrides(severance=name),
+                                   input_size=input_size)
+        method = result.methods["one-pass"]
+        ref = method if name == reference else ref
+        yield VariantRun(name, SEVERANCE_VARIANTS[name].description, method,
+                         method.first_run_timings["image_encoding"], "image_encoding" in method.cached,
+                         agreement(ref, method) if ref is not None else None)
+
+
+def label_changes(runs: Sequence[VariantRun], classes: list[str], limit: int = 20) -> list[dict[str, Any]]:
+    """The segments whose label differs between variants, largest first: {"id", "area", variant: label}."""
+    if not runs:
+        return []
+    rows = []
+    for i, seg in enumerate(runs[0].method.segments):
+        labels = [r.method.segments[i].label for r in runs]
+        if len(set(labels)) > 1:
+            rows.append({"id": seg.id, "area": seg.area,
+                         **{r.variant: classes[lab] if lab >= 0 else "(none)" for r, lab in zip(runs, labels)}})
+    return sorted(rows, key=lambda r: -r["area"])[:limit]

@@ -1,0 +1,122 @@
+"""Questions answered from a segmented image's caches: a segment added by clicking (SAM's decoder on the
+kept embedding, classified from the cached dense map) and the severance variants side by side."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deop.pipeline as pipeline_module
+from conftest import scene
+from deop import explore
+from deop.classify import dense_features, pool_segments, probabilities
+from deop.proposers import Proposer, resolve_overlaps
+
+VOCAB = "sky, grass, red ball, brown box"
+
+
+@pytest.fixture(scope="module")
+def image():
+    return scene(seed=80)
+
+
+@pytest.fixture()
+def segmented(segmenter, image):
+    """The image segmented once (its proposals, embedding and dense map cached), then the calls counted."""
+    segmenter.segment(image, VOCAB, "one-pass")
+    return segmenter
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    calls = {"sam": 0, "dense": 0}
+    for owner, name, key in ((Proposer, "propose", "sam"), (pipeline_module, "dense_features", "dense")):
+        original = getattr(owner, name)
+
+        def count(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, count)
+    return calls
+
+
+def _predictor(segmenter, image):
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(segmenter.proposer_at(segmenter.config.options.proposals.sam_input_size).model)
+    predictor.set_image(image)
+    return predictor
+
+
+def test_an_added_segment_is_sams_mask_for_the_point_on_the_same_embedding(segmented, image, counted):
+    added = explore.add_segment(segmented, image, VOCAB, [(30, 20, True)])
+    assert counted == {"sam": 0, "dense": 0}  # no new encoder pass, no new CLIP pass
+    assert added.reused == ["proposals", "image_encoding"] and added.seconds > 0
+    with torch.inference_mode():
+        masks, scores, _ = _predictor(segmented, image).predict(np.array([[30, 20]]), np.array([1]),
+                                                                 multimask_output=True)
+    best = int(np.argmax(scores))
+    np.testing.assert_array_equal(added.mask, masks[best])
+    assert added.sam_score == pytest.approx(float(scores[best])) and added.mask.shape == image.shape[:2]
+
+
+def test_an_added_segment_gets_the_one_pass_label_of_its_mask(segmented, image):
+    added = explore.add_segment(segmented, image, VOCAB, [(120, 90, True)])
+    opts = segmented.config.options
+    feats = dense_features(segmented.clip, image, opts.clip_size, opts.severance, opts.n_severed)
+    text = segmented.text_cache.vocabulary(segmented.clip, __import__("deop").parse_vocabulary(VOCAB), opts.templates)
+    probs = probabilities(pool_segments(feats, resolve_overlaps([added.mask])), text, opts.logit_scale)[0]
+    assert added.label == int(probs.argmax()) and added.score == pytest.approx(float(probs.max()), abs=1e-6)
+    assert [p for _, p in added.top5] == pytest.approx(probs.sort(descending=True).values[:4].tolist(), abs=1e-6)
+
+
+def test_a_negative_point_refines_the_last_added_mask_as_sam_does(segmented, image, counted):
+    first = explore.add_segment(segmented, image, VOCAB, [(30, 20, True)])
+    refined = explore.add_segment(segmented, image, VOCAB, [(30, 20, True), (40, 25, False)], previous=first)
+    assert counted == {"sam": 0, "dense": 0}
+    with torch.inference_mode():
+        masks, _, _ = _predictor(segmented, image).predict(
+            np.array([[30, 20], [40, 25]]), np.array([1, 0]), mask_input=first.logits, multimask_output=False)
+    np.testing.assert_array_equal(refined.mask, masks[0])
+    assert refined.points == [(30, 20, True), (40, 25, False)]
+
+
+def test_each_variant_in_the_comparison_equals_a_run_with_that_severance(segmenter, image, counted):
+    runs = list(explore.compare_variants(segmenter, image, VOCAB))
+    assert [r.variant for r in runs] == ["deop", "maskclip", "sclip", "clearclip", "naclip", "none"]
+    assert runs[0].agreement == {"segments": 1.0, "pixels": 1.0, "n_segments": len(runs[0].method.segments)}
+    for run in runs:
+        alone = segmenter.segment(image, VOCAB, "one-pass", severance=run.variant).methods["one-pass"]
+        np.testing.assert_array_equal(run.method.label_map, alone.label_map)
+        assert [s.label for s in run.method.segments] == [s.label for s in alone.segments]
+        assert 0.0 <= run.agreement["segments"] <= 1.0 and run.clip_seconds > 0
+    dense_runs = counted["dense"]
+    again = list(explore.compare_variants(segmenter, image, VOCAB))
+    assert all(r.reused for r in again) and counted["dense"] == dense_runs  # switching back costs no pass
+    changes = explore.label_changes(runs, runs[0].method.segments and segmenter.segment(image, VOCAB).classes)
+    for row in changes:
+        assert len({row[r.variant] for r in runs}) > 1
+
+
+def test_adding_works_for_every_proposal_family(segmenter, image):
+    """SAM 2.1 and MobileSAM keep their predictors' embeddings the same way (their own predictors)."""
+    from dataclasses import replace
+
+    from deop.proposers import PROPOSERS
+
+    for kind in ("mobile_sam", "sam2.1_hiera_t"):
+        if not PROPOSERS[kind].available():
+            continue
+        other = segmenter.with_proposal_model(kind)
+        opts = segmenter.config.options.with_overrides(sam_input_size=256 if kind != "mobile_sam" else 1024,
+                                                       points_per_side=2)
+        other.segment(image, "sky, grass", "one-pass", options=opts)
+        added = explore.add_segment(other, image, "sky, grass", [(60, 40, True)], opts)
+        predictor = other.proposals(image, opts)[0].value.prompter
+        with torch.inference_mode():
+            masks, scores, _ = predictor.predict(point_coords=np.array([[60.0, 40.0]], dtype=np.float32),
+                                                 point_labels=np.array([1]), multimask_output=True)
+        np.testing.assert_array_equal(added.mask, masks[int(np.argmax(scores))])
+        assert replace(added, mask=None).label in (-1, 0, 1)
