@@ -22,18 +22,10 @@ from torch import nn
 
 
 def scene(height: int, width: int, seed: int) -> np.ndarray:
-    """Sky and grass, a disc, a box and a thin bar, with noise: random models need some structure."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((height, width, 3), dtype=np.uint8)
-    img[: height // 2] = (135, 190, 235)
-    img[height // 2:] = (60, 150, 60)
-    yy, xx = np.mgrid[:height, :width]
-    disc = (yy - height * 0.65) ** 2 + (xx - width * 0.3) ** 2 < (height * 0.15) ** 2
-    img[disc] = (210, 30, 30)
-    img[int(height * 0.3): int(height * 0.6), int(width * 0.6): int(width * 0.85)] = (120, 80, 40)
-    img[int(height * 0.1): int(height * 0.15), int(width * 0.05): int(width * 0.9)] = (250, 250, 20)
-    noise = rng.integers(-25, 26, size=img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+    """The tests' scene with a thin bar and more noise: random models need some structure."""
+    from conftest import scene as base
+
+    return base(height, width, seed, noise=25, bar=True)
 
 
 @pytest.fixture(scope="session")

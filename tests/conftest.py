@@ -58,8 +58,8 @@ def tiny_sam(proposer):
     return proposer.model
 
 
-def scene(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
-    """A synthetic RGB scene: sky, grass, a red disc and a brown box, with a little noise."""
+def scene(height: int = 120, width: int = 160, seed: int = 0, noise: int = 8, bar: bool = False) -> np.ndarray:
+    """A synthetic RGB scene: sky, grass, a red disc and a brown box (and a thin yellow bar), with noise."""
     rng = np.random.default_rng(seed)
     img = np.zeros((height, width, 3), dtype=np.uint8)
     img[: height // 2] = (135, 190, 235)
@@ -68,8 +68,10 @@ def scene(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
     disc = (yy - height * 0.65) ** 2 + (xx - width * 0.3) ** 2 < (height * 0.15) ** 2
     img[disc] = (210, 30, 30)
     img[int(height * 0.3): int(height * 0.6), int(width * 0.6): int(width * 0.85)] = (120, 80, 40)
-    noise = rng.integers(-8, 9, size=img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+    if bar:
+        img[int(height * 0.1): int(height * 0.15), int(width * 0.05): int(width * 0.9)] = (250, 250, 20)
+    jitter = rng.integers(-noise, noise + 1, size=img.shape)
+    return np.clip(img.astype(int) + jitter, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture
