@@ -87,9 +87,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_option_arguments(parser: argparse.ArgumentParser, preset: str = "demo") -> None:
     """Per-request flags, from ``SegmentOptions``' and ``ProposalConfig``'s options, after ``--preset``."""
-    parser.add_argument("--preset", choices=list(PROPOSAL_PRESETS), default=preset,
-                        help=f"proposal settings: demo (DeOP demo's), fast (CPU), quality (default {preset}); the "
-                             "SAM flags below override it")
+    parser.add_argument("--preset", choices=list(PROPOSAL_PRESETS), default=env_default("DEOP_PRESET", preset),
+                        help=f"proposal settings: demo (DeOP demo's), fast (CPU), quality (default {preset}; "
+                             "$DEOP_PRESET); the SAM flags below override it")
     base = PROPOSAL_PRESETS[preset]
     for option in options_of(ProposalConfig):
         _add(parser, option, getattr(base, option.name))
@@ -113,7 +113,10 @@ def config_from_args(args: argparse.Namespace, with_options: bool = True) -> Seg
 
 
 def options_from_args(args: argparse.Namespace, random_weights: bool | None = None) -> SegmentOptions:
-    proposals = PROPOSAL_PRESETS[getattr(args, "preset", "demo")]
+    preset = getattr(args, "preset", "demo")
+    if preset not in PROPOSAL_PRESETS:  # from $DEOP_PRESET: argparse checks only what is typed
+        raise OptionError(f"preset must be one of {', '.join(PROPOSAL_PRESETS)}; got {preset!r} ($DEOP_PRESET)")
+    proposals = PROPOSAL_PRESETS[preset]
     if random_weights is None:
         random_weights = bool(_given(args, next(o for o in options_of(SegmenterConfig) if o.name == "random_weights")))
     if random_weights:

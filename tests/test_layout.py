@@ -120,6 +120,13 @@ def test_flag_then_environment_then_default(monkeypatch):
     assert _parse([]).device == "cpu" and _parse([]).random_weights is True
     assert _parse(["--device", "cuda:1"]).device == "cuda:1"  # the flag wins over the environment
     assert _parse([]).options.proposals.pred_iou_thresh == 0.0  # random weights from the environment keep masks
+    monkeypatch.setenv("DEOP_PRESET", "fast")
+    assert _parse([]).options.proposals.points_per_side == 10 and _parse(["--preset", "demo"]).options.proposals \
+        .points_per_side == 20
+    monkeypatch.setenv("DEOP_PRESET", "turbo")
+    with pytest.raises(OptionError, match="preset must be one of demo, fast, quality; got 'turbo'"):
+        _parse([])
+    monkeypatch.delenv("DEOP_PRESET")
     monkeypatch.setenv("DEOP_RANDOM_WEIGHTS", "maybe")
     with pytest.raises(OptionError, match="DEOP_RANDOM_WEIGHTS='maybe' is not a valid random_weights"):
         _parse([])
