@@ -10,12 +10,15 @@ events, the client-gone probe, and ZeroGPU's decorator.
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import hashlib
 import inspect
 import json
 import logging
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ import gradio as gr
 from deop import explore, serving, ui
 from deop.arguments import add_model_arguments, add_option_arguments, config_from_args, env_default
 from deop.config import APP_OPTIONS, Option, SegmenterConfig, option_value, request_options
-from deop.errors import USER_ERRORS, OptionError, internal_error
+from deop.errors import USER_ERRORS, DeopError, OptionError, internal_error
 from deop.images import load_image, resize_max_side
 from deop.methods import METHOD_CHOICES
 from deop.models import RANDOM_WEIGHTS_WARNING
@@ -45,6 +48,7 @@ EXPIRED = ("This result is no longer kept on the server (it keeps the latest one
 HINT = ("Classes separated by commas or new lines. Synonyms: a line `person: man, woman, child` is one class. "
         "Presets: `@voc`, `@coco`, `@ade20k`, `@cityscapes`.")
 MAX_FILE_SIZE = "25mb"
+MAX_ADDED = 20  # segments added by clicks that one session keeps (each holds a mask and SAM logits)
 NO_IMAGE = "Upload an image first (or click an example)."
 RUN = "Segment"
 CLICK_MODES = ("inspect", "add a segment", "refine the last added (-)")
@@ -60,8 +64,15 @@ def work_dir() -> Path:
     """This app's own folder for uploads, Gradio's cache, results and the examples' cache: $DEOP_APP_DIR,
     else a folder of this user's in the system temp directory, not the machine-wide /tmp/gradio that every
     Gradio app on the host shares (and whose files any of them serves to whoever knows a path)."""
-    folder = Path(os.environ.get("DEOP_APP_DIR") or Path(tempfile.gettempdir()) / f"deop-app-{os.getuid()}")
+    given = os.environ.get("DEOP_APP_DIR")
+    uid = os.getuid() if hasattr(os, "getuid") else None  # no uids on Windows
+    folder = Path(given or Path(tempfile.gettempdir()) / (f"deop-app-{uid}" if uid is not None else "deop-app"))
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not given and uid is not None:  # a shared temp folder: another user may have made this name first
+        st = folder.lstat()
+        if folder.is_symlink() or st.st_uid != uid or st.st_mode & 0o077:
+            raise OptionError(f"the app's folder {folder} is not this user's own (owner uid {st.st_uid}, mode "
+                              f"{st.st_mode & 0o777:o}); remove it or set DEOP_APP_DIR to a folder of your own")
     return folder
 
 
@@ -84,16 +95,12 @@ def image_input(**kwargs) -> gr.Image:
     Gradio's upload folder and the example images are accepted. The override is per instance: a gr.Image
     subclass would make Gradio write a type-stub file next to this one at import time."""
     component = gr.Image(type="filepath", **kwargs)
-    stock = component.preprocess
 
     def preprocess(payload):
         if payload is None:
             return None
         if (payload.url or "").startswith("data:"):
-            try:
-                return stock(payload)
-            except Exception:
-                raise gr.Error("image: the data: URL is not a base64-encoded image") from None
+            return data_url_file(payload.url)
         path = Path(payload.path or "").resolve()
         roots = (Path(gr.utils.get_upload_folder()).resolve(), ASSETS.resolve())
         if not payload.path or not any(path.is_relative_to(r) for r in roots):
@@ -103,6 +110,32 @@ def image_input(**kwargs) -> gr.Image:
 
     component.preprocess = preprocess
     return component
+
+
+def data_url_file(url: str) -> str:
+    """A ``data:`` URL's bytes as a file in Gradio's upload folder, for the package's loader to open like an
+    upload: Gradio's own handling decodes it with PIL and re-encodes it before any check, past the upload
+    size limit. The Janitor sweeps these files with the uploads."""
+    limit = _bytes(MAX_FILE_SIZE)
+    header, _, data = url.partition(",")
+    if len(data) > limit * 4 // 3 + 4:
+        raise gr.Error(f"image: the data: URL is over the {MAX_FILE_SIZE} upload limit")
+    try:
+        if not header.endswith(";base64"):
+            raise ValueError(header)
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise gr.Error("image: the data: URL is not a base64-encoded image") from None
+    folder = Path(gr.utils.get_upload_folder()) / "data-urls"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=folder, prefix="image-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return path
+
+
+def _bytes(size: str) -> int:
+    return int(size.removesuffix("mb")) * 2**20
 
 
 def option_widget(option: Option, value: Any) -> gr.components.Component:
@@ -181,9 +214,10 @@ def client_alive(demo: gr.Blocks) -> Callable[[], bool]:
     return (lambda: bool(event.alive)) if event is not None else (lambda: True)
 
 
-def on_gpu(fn: Callable, duration: Callable[..., float]) -> Callable:
-    """ZeroGPU's ``@spaces.GPU`` (a GPU attached for the call, `duration` seconds asked from the inputs)
-    when the ``spaces`` package is installed; outside a ZeroGPU Space it returns the function unchanged."""
+def on_gpu(fn: Callable, duration: Callable[..., float] | float) -> Callable:
+    """ZeroGPU's ``@spaces.GPU`` (a GPU attached for the call, `duration` seconds, or asked from the inputs)
+    when the ``spaces`` package is installed; outside a ZeroGPU Space it returns the function unchanged.
+    Every handler that runs a model needs it: on ZeroGPU, CUDA exists only inside such a call."""
     try:
         import spaces
     except ImportError:
@@ -275,7 +309,11 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     segmenters = ui.SegmenterPool(segmenter, [kind for _, kind in models])
     sessions = serving.SessionStore(session_bytes)
     results = folder / "results"
-    janitor = serving.Janitor([results, Path(gr.utils.get_upload_folder())])
+    uploads = Path(gr.utils.get_upload_folder())
+    if not uploads.resolve().is_relative_to(folder.resolve()):  # another app's files may be there too
+        log.warning("Gradio's upload folder %s is outside the app's folder %s and is not cleaned; set "
+                    "GRADIO_TEMP_DIR inside it (python app.py does)", uploads, folder)
+    janitor = serving.Janitor([results] + ([uploads] if uploads.resolve().is_relative_to(folder.resolve()) else []))
     options = [request_options()[name] for name in APP_OPTIONS]
     defaults = {"vocabulary": "cat, sofa, wall, blanket", "method": "both", "proposal_model": config.sam_kind,
                 **{o.name: option_value(config.options, o.name) for o in options}}
@@ -308,9 +346,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                 gr.update(choices=views["heatmap_classes"], value=views["heatmap_classes"][0]), views["inspect"],
                 note + ui.run_status(result), CLICK_HINT, token, button]
 
-    def pipeline(values: dict[str, Any], progress, note: str = ""):
+    def pipeline(values: dict[str, Any], progress, note: str = "", view: serving.SessionView | None = None):
         """The request, streamed: the first method's answer, then each further one; the session keeps the
-        last (its token in the browser's state)."""
+        last (its token in the browser's state). With the session's `view` (a cached re-run), its working
+        image is used instead of the upload, and the segments added by clicks are kept, relabelled."""
         alive = client_alive(demo)
         v = checked(values)
         if values["image"] is None:
@@ -320,23 +359,32 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
             raise gr.Error(loader.error)
         seg = segmenters.get(v["proposal_model"])
         opts = seg.config.options.with_overrides(**{o.name: v[o.name] for o in options})
-        image = load_image(values["image"], display_name=Path(str(values["image"])).name)
-        input_size = image.shape[:2]
-        work = resize_max_side(image, opts.max_side)  # all the session keeps; full size only for downloads
-        del image
+        if view is not None:  # not the upload again: it may be gone (swept after an hour) or 48 MP to decode
+            work, input_size = view.image, view.result.image_size
+        else:
+            image = load_image(values["image"], display_name=Path(str(values["image"])).name)
+            input_size = image.shape[:2]
+            work = resize_max_side(image, opts.max_side)  # all the session keeps; full size only for downloads
+            del image
         vocabulary = parse_vocabulary(v["vocabulary"])
-        serving.check_cost(loader.costs, work.shape[:2], {**v, "sam_input_size": opts.proposals.sam_input_size,
+        sam_input = seg.proposer_spec.input_size_for(opts.proposals.sam_input_size)  # MobileSAM: always 1024
+        serving.check_cost(loader.costs, work.shape[:2], {**v, "sam_input_size": sam_input,
                                                           "crop_n_layers": opts.proposals.crop_n_layers},
                            seg.text_cache.missing(seg.clip, vocabulary, opts.templates), time_limit)
         janitor.maybe_sweep()
         token = values.get("state") if sessions.get(values.get("state")) is not None else None
         report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
         request = {**v, "image": values["image"]}
+        kept = view.extra.get("added", []) if view is not None else []
         try:
             for result in seg.stream(work, vocabulary, v["method"], options=opts, timeout=time_limit,
                                      progress=report, cancelled=lambda: not alive(), input_size=input_size):
                 views = ui.segment_views(work, result, results)
-                token = sessions.put(serving.SessionView(work, result, request), token)
+                added = [explore.relabel(seg, work, vocabulary, a, opts) for a in kept]
+                kept = added
+                if added:
+                    views["one_pass"] = (work, ui.annotations(result, result.primary, added))
+                token = sessions.put(serving.SessionView(work, result, request, {"added": added}), token)
                 yield outputs(views, result, token, note)
         finally:
             serving.release_memory()
@@ -364,12 +412,17 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if view is None or not isinstance(values.get("vocabulary"), str) or not values["vocabulary"].strip():
             yield [gr.skip()] * len(segment_outputs)
             return
-        if costly or not cheap:
-            yield [gr.skip()] * (len(segment_outputs) - 1) + [gr.update(value=stale_label(costly)) if costly
-                                                              else gr.skip()]
+        if costly:  # said in the status line too, which an API client reads
+            said = (f"Not re-run: {', '.join(n.replace('_', ' ') for n in costly)} changed, which needs new "
+                    f"proposals or features; press {RUN} (API: /segment).")
+            yield [gr.skip()] * len(ui.SEGMENT_OUTPUTS) + [said, gr.skip(), gr.skip(),
+                                                           gr.update(value=stale_label(costly))]
+            return
+        if not cheap:
+            yield [gr.skip()] * len(segment_outputs)
             return
         what = ", ".join(n.replace("_", " ") for n in cheap)
-        yield from pipeline(values, progress, note=f"Cached re-run ({what} changed). ")
+        yield from pipeline(values, progress, note=f"Cached re-run ({what} changed). ", view=view)
 
     def stale_label(costly: list[str]) -> str:
         return RUN + " (new " + ("image" if "image" in costly else "settings") + ": press to run SAM and CLIP again)" \
@@ -415,7 +468,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if view is None:
             return [gr.skip(), EXPIRED if token else "Segment an image first.", gr.skip()]
         for name, value in (("x", x), ("y", y)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise OptionError(f"{name} must be a pixel position (a number), got {value!r}")
         if mode not in CLICK_MODES:
             raise OptionError(f"mode must be one of {', '.join(CLICK_MODES)}; got {mode!r}")
@@ -436,13 +489,18 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if mode == CLICK_MODES[2] and not added:
             return [gr.skip(), "Add a segment first (click an uncovered pixel, or choose \"add a segment\").",
                     gr.skip()]
+        if mode != CLICK_MODES[2] and len(added) >= MAX_ADDED:
+            return [gr.skip(), f"At most {MAX_ADDED} added segments per image: refine the last one, or press "
+                               f"{RUN} to start again.", gr.skip()]
         loader.ready.wait()
         seg_model = segmenters.get(view.request["proposal_model"])
         opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
         refine = mode == CLICK_MODES[2]
         points = [*added[-1].points, (x, y, False)] if refine else [(x, y, True)]
+        alive = client_alive(demo)
         new = explore.add_segment(seg_model, view.image, view.request["vocabulary"], points, opts,
-                                  previous=added[-1] if refine else None)
+                                  previous=added[-1] if refine else None, timeout=time_limit,
+                                  cancelled=lambda: not alive())
         if refine:
             added[-1] = new
         else:
@@ -473,9 +531,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         loader.ready.wait()
         seg_model = segmenters.get(view.request["proposal_model"])
         opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
-        runs = []
+        runs, alive = [], client_alive(demo)
         for run in explore.compare_variants(seg_model, view.image, view.request["vocabulary"], opts,
-                                            input_size=view.result.image_size):
+                                            input_size=view.result.image_size, timeout=time_limit,
+                                            cancelled=lambda: not alive()):
             runs.append(run)
             gallery, table = ui.variant_views(view.image, runs, view.result.classes)
             yield [gallery, table]
@@ -533,7 +592,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                         files = gr.File(label="Overlay, labels, per-class masks, JSON (segments as COCO RLE)",
                                         file_count="multiple")
         with gr.Row(visible=False):  # /add_segment's inputs for API clients (the page clicks the inspector)
-            add_x, add_y = gr.Number(label="x", precision=None), gr.Number(label="y", precision=None)
+            add_x, add_y = (raw_input(gr.Number(label=n, precision=None)) for n in ("x", "y"))
             add_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[1], label="mode")
             add_button = gr.Button("add")
             debounced = gr.Textbox()  # the vocabulary, once typing has paused
@@ -541,7 +600,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         with examples_cache(folder / "examples" / digest):
             gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary],
                         [out_left, out_right, latency, chart, files, inspect_view, run_status],
-                        fn=example, cache_examples=True, cache_mode="lazy")
+                        fn=on_gpu(example, 60), cache_examples=True, cache_mode="lazy")
 
         inputs = {"image": image, "vocabulary": vocabulary, "method": method, **widgets,
                   "proposal_model": proposal_model}
@@ -556,7 +615,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                   **pipeline_events)
         # Edits that the caches answer re-run by themselves: the vocabulary once typing pauses (debounced in
         # the browser), the threshold when its slider is let go, the fill option and templates when picked.
-        rerun_handler = with_signature(rerun, names, defaults)
+        rerun_handler = on_gpu(with_signature(rerun, names, defaults), gpu_seconds)
         vocabulary.input(None, [vocabulary, debounced], debounced, js=DEBOUNCE, trigger_mode="multiple",
                          queue=False)
         debounced.change(rerun_handler, [image, debounced, *list(inputs.values())[2:], state], segment_outputs,
@@ -575,14 +634,18 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         heat_class.change(heatmap, [heat_class, state], heat)
         out_left.select(click_legend, [state], clicked)
         out_right.select(click_legend, [state], clicked)
-        inspect_view.select(click_pixel, [state, click_mode], [inspect_view, clicked, out_left], **pipeline_events)
-        add_button.click(add_segment_api, [add_x, add_y, add_mode, state], [inspect_view, clicked, out_left],
+        clicked_views = [inspect_view, clicked, out_left]
+        inspect_view.select(on_gpu(click_pixel, 30), [state, click_mode], clicked_views, **pipeline_events)
+        add_button.click(on_gpu(add_segment_api, 30), [add_x, add_y, add_mode, state], clicked_views,
                          api_name="add_segment", **pipeline_events)
-        compare_button.click(compare, [state], [variants, variants_table], api_name="compare_variants",
+        compare_button.click(on_gpu(compare, 90), [state], [variants, variants_table], api_name="compare_variants",
                              **pipeline_events)
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
     pad_missing_inputs(demo)
+    for block_fn in demo.fns.values():  # the examples' lazy caching runs the models too: one at a time
+        if getattr(block_fn.fn, "__name__", "") == "load_example_output":
+            block_fn.concurrency_id = pipeline_events["concurrency_id"]
     demo.deop = AppParts(segmenter, loader, sessions, janitor, folder)  # for tests and operators
     from gradio.processing_utils import hash_file  # where Gradio keeps the copies the page links to
 
@@ -632,5 +695,15 @@ def main() -> None:
            server_name=args.host, server_port=args.port, share=args.share)
 
 
+def run() -> None:
+    """``python app.py``: a bad setting (a flag, $DEOP_*, $GRADIO_SERVER_PORT) is one line naming it and
+    exit status 2, as in the CLI, not a traceback."""
+    try:
+        main()
+    except DeopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    run()

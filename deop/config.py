@@ -113,7 +113,8 @@ class Option:
                 return value
             raise OptionError(f"{self.name} must be a text, got {value!r}")
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
+        # NaN and Infinity are valid JSON to Python; an int past float's range cannot be compared or shown
+        if not number or (isinstance(value, float) and not math.isfinite(value)) or abs(value) > 2**53:
             what = "a whole number" if kind == "int" else "a number"
             raise OptionError(f"{self.name} must be {what}, got {value!r}")
         if kind == "int":

@@ -10,8 +10,8 @@ variant's dense map cached like DeOP's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from .clip.severance import SEVERANCE_VARIANTS
 from .images import image_key
 from .result import MethodResult, agreement
-from .timing import synchronize
+from .timing import Deadline, synchronize
 from .vocabulary import Vocabulary, parse_vocabulary
 
 if TYPE_CHECKING:
@@ -49,19 +49,25 @@ class AddedSegment:
     def area(self) -> int:
         return int(self.mask.sum())
 
+    @property
+    def nbytes(self) -> int:
+        """What a session holding it keeps (its mask and SAM's logits), for the sessions' byte budget."""
+        return int(self.mask.nbytes + self.logits.nbytes)
+
 
 def add_segment(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary, points: Sequence[Point],
-                options: SegmentOptions | None = None, previous: AddedSegment | None = None) -> AddedSegment:
+                options: SegmentOptions | None = None, previous: AddedSegment | None = None,
+                timeout: float | None = None, cancelled: Callable[[], bool] | None = None) -> AddedSegment:
     """The segment SAM's decoder gives for `points` on `image` (at the size it was segmented at), labelled
     by the one-pass method. With `previous` (the segment being refined), its low-resolution logits seed
     the decoder, as SAM's interactive tools do. Proposals and features come from the segmenter's caches
-    when `image` was segmented with these options (the app's case), else they are computed first."""
-    from .classify import labels_from, pool_map, probabilities
-
+    when `image` was segmented with these options (the app's case), else they are computed first, under
+    `timeout` and `cancelled` like ``Segmenter.segment`` (the cache may have dropped them)."""
     opts = options or segmenter.config.options
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else parse_vocabulary(vocabulary)
-    key = image_key(image)
-    proposals, hit_p = segmenter.proposals(image, opts, key)
+    key, deadline = image_key(image), Deadline(timeout, cancelled)
+    proposals, hit_p = segmenter.proposals(image, opts, key, deadline)
+    deadline.check("the CLIP pass")
     features, hit_f = segmenter.features(image, opts, key)
     text = segmenter.text_cache.vocabulary(segmenter.clip, vocab, opts.templates)
     synchronize(segmenter.device)
@@ -69,15 +75,35 @@ def add_segment(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocab
     proposer = segmenter.proposer_at(opts.proposals.sam_input_size)
     seed = previous.logits if previous is not None and len(points) > 1 else None
     mask, sam_score, logits = proposer.point_mask(proposals.value, points, seed)
-    probs = probabilities(pool_map(features.value, np.where(mask, 0, -1), 1), text, opts.logit_scale)
-    labels, best = labels_from(probs, opts.none_threshold)
-    k = min(5, probs.shape[1])
-    top_p, top_i = (t[0].cpu().numpy() for t in probs.topk(k, dim=-1))
+    label, score, top5 = _classify(features.value, text, mask, vocab, opts)
     synchronize(segmenter.device)
     seconds = time.perf_counter() - start
     reused = (["proposals"] if hit_p else []) + (["image_encoding"] if hit_f else [])
-    return AddedSegment(mask, list(points), logits, sam_score, int(labels[0]), float(best[0]),
-                        [(vocab.names[j], float(p)) for j, p in zip(top_i, top_p)], seconds, reused)
+    return AddedSegment(mask, list(points), logits, sam_score, label, score, top5, seconds, reused)
+
+
+def relabel(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary, segment: AddedSegment,
+            options: SegmentOptions | None = None) -> AddedSegment:
+    """An added segment's label, score and top-5 for another vocabulary (or threshold, or templates): its
+    mask as it is, pooled from the dense map (cached with the image's features), so an edit that re-runs
+    from the caches keeps the segments a user added."""
+    opts = options or segmenter.config.options
+    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else parse_vocabulary(vocabulary)
+    features, _ = segmenter.features(image, opts, image_key(image))
+    text = segmenter.text_cache.vocabulary(segmenter.clip, vocab, opts.templates)
+    label, score, top5 = _classify(features.value, text, segment.mask, vocab, opts)
+    return replace(segment, label=label, score=score, top5=top5)
+
+
+def _classify(features: Any, text: Any, mask: np.ndarray, vocab: Vocabulary, opts: SegmentOptions
+              ) -> tuple[int, float, list[tuple[str, float]]]:
+    """One mask's one-pass label (-1 below the "none of these" threshold), its probability and top-5."""
+    from .classify import labels_from, pool_map, probabilities
+
+    probs = probabilities(pool_map(features, np.where(mask, 0, -1), 1), text, opts.logit_scale)
+    labels, best = labels_from(probs, opts.none_threshold)
+    top_p, top_i = (t[0].cpu().numpy() for t in probs.topk(min(5, probs.shape[1]), dim=-1))
+    return int(labels[0]), float(best[0]), [(vocab.names[j], float(p)) for j, p in zip(top_i, top_p)]
 
 
 @dataclass
@@ -95,16 +121,20 @@ class VariantRun:
 
 def compare_variants(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary,
                      options: SegmentOptions | None = None, variants: Sequence[str] | None = None,
-                     reference: str = "deop", input_size: tuple[int, int] | None = None) -> Iterator[VariantRun]:
+                     reference: str = "deop", input_size: tuple[int, int] | None = None,
+                     timeout: float | None = None, cancelled: Callable[[], bool] | None = None
+                     ) -> Iterator[VariantRun]:
     """Each variant's one-pass answer on the same proposals and text, one at a time (the reference first),
-    each with its agreement with the reference's labels."""
+    each with its agreement with the reference's labels. `timeout` holds for all of them together."""
     opts = options or segmenter.config.options
     names = list(variants or SEVERANCE_VARIANTS)
     names = [reference] + [n for n in names if n != reference] if reference in names else names
     ref: MethodResult | None = None
+    end = None if timeout is None else time.monotonic() + timeout
     for name in names:
+        left = None if end is None else max(0.0, end - time.monotonic())
         result = segmenter.segment(image, vocabulary, "one-pass", options=opts.with_overrides(severance=name),
-                                   input_size=input_size)
+                                   input_size=input_size, timeout=left, cancelled=cancelled)
         method = result.methods["one-pass"]
         ref = method if name == reference else ref
         yield VariantRun(name, SEVERANCE_VARIANTS[name].description, method,

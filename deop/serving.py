@@ -9,6 +9,7 @@ and API calls with wrong types; each of these gets a bounded cost or a message n
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import threading
 import time
@@ -42,8 +43,15 @@ class SessionView:
     def nbytes(self) -> int:
         arrays = [self.image, self.result.work_segment_map, self.result.similarity,
                   *(m.work_label_map for m in self.result.methods.values())]
-        arrays += [v for v in self.extra.values() if isinstance(v, np.ndarray)]
-        return int(sum(a.nbytes for a in arrays if a is not None))
+        return int(sum(a.nbytes for a in arrays if a is not None)) + sum(_nbytes(v) for v in self.extra.values())
+
+
+def _nbytes(value: Any) -> int:
+    """An array's bytes, a list's items' (the added segments, each with its mask and logits), else 0."""
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    size = getattr(value, "nbytes", 0)
+    return size if isinstance(size, int) else 0
 
 
 class SessionStore:
@@ -151,8 +159,15 @@ class Janitor:
         """One pass; returns how many files and bytes were removed and what is left."""
         with self._lock:
             now = self._last = self._clock()
-            files = []
-            for path in (p for root in self.roots if root.exists() for p in root.rglob("*")):
+            files, folders = [], []
+            for root in self.roots:
+                # os.walk does not follow links to folders (Path.rglob does before Python 3.13): nothing
+                # outside the roots is ever deleted
+                for top, dirs, names in os.walk(root, followlinks=False):
+                    folders += [Path(top) / d for d in dirs]
+                    files += [Path(top) / n for n in names]
+            found, files = files, []
+            for path in found:
                 try:
                     if path.is_file() and not path.is_symlink() and path.resolve() not in self.keep:
                         st = path.stat()
@@ -170,8 +185,7 @@ class Janitor:
                     except OSError:
                         continue
                     removed, freed, total = removed + 1, freed + size, total - size
-            folders = [p for root in self.roots if root.exists() for p in root.rglob("*") if p.is_dir()]
-            for folder in sorted(folders, key=lambda p: -len(p.parts)):
+            for folder in sorted((f for f in folders if not f.is_symlink()), key=lambda p: -len(p.parts)):
                 try:
                     folder.rmdir()  # only succeeds when empty
                 except OSError:

@@ -3,6 +3,7 @@ downloads and plain-words messages. ``app.py`` only lays out widgets and calls t
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -12,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from . import render
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, internal_error
 from .export import masks_zip, save_result
 from .methods import METHOD_TITLES, METHODS
 from .pipeline import Segmenter
 from .proposers import PROPOSERS
 from .result import STAGES, SegmentationResult
+
+log = logging.getLogger("deop.app")
 
 # What /segment returns, in order (then the inspector's hint and the session state, which API clients do
 # not see): read a client's answer with ``dict(zip(SEGMENT_OUTPUTS, client.predict(...)))``.
@@ -48,6 +51,8 @@ class ModelLoader:
                 self.costs = self._calibrate(self.segmenter)
         except USER_ERRORS as exc:
             self.error = str(exc)
+        except Exception as exc:  # a bug: logged with its traceback, never a "Ready" over broken models
+            self.error = internal_error(exc, log, "model load")
         finally:
             self.ready.set()
 

@@ -87,6 +87,19 @@ def app_url(segmenter):
         yield url
 
 
+@pytest.fixture(scope="module")
+def sparse_app():
+    """An app whose segments cover little (two masks at most), so that uncovered pixels exist to click."""
+    from dataclasses import replace
+
+    from app import build_app
+
+    demo = build_app(replace(SMALL_CONFIG, options=SMALL_CONFIG.options.with_overrides(max_masks=2)),
+                     calibrate=False)
+    with serve(demo) as url:
+        yield demo, url
+
+
 @contextmanager
 def serve(demo):
     """Launch a built app as ``python app.py`` does (same allowed paths) on a free port; close it after."""

@@ -207,20 +207,6 @@ def test_closing_the_page_stops_its_request_and_frees_the_queue(browser, page_ur
     assert stopped == ["Cancelled"]
 
 
-@pytest.fixture(scope="module")
-def sparse_app():
-    """An app whose segments cover little (two masks at most), so that uncovered pixels exist to click."""
-    from dataclasses import replace
-
-    from app import build_app
-    from conftest import SMALL_CONFIG, serve
-
-    demo = build_app(replace(SMALL_CONFIG, options=SMALL_CONFIG.options.with_overrides(max_masks=2)),
-                     calibrate=False)
-    with serve(demo) as url:
-        yield demo, url
-
-
 def _segment_in(page, path, vocabulary="sky, grass, ball"):
     page.locator("input[type=file]").first.set_input_files(str(path))
     page.get_by_label("Classes").fill(vocabulary)

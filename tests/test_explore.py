@@ -120,3 +120,27 @@ def test_adding_works_for_every_proposal_family(segmenter, image):
                                                  point_labels=np.array([1]), multimask_output=True)
         np.testing.assert_array_equal(added.mask, masks[int(np.argmax(scores))])
         assert replace(added, mask=None).label in (-1, 0, 1)
+
+
+def test_an_added_segment_relabelled_for_a_new_vocabulary_is_that_vocabularys_label(segmented, image, counted):
+    """A cached re-run keeps the segments a user added: the same mask, labelled for the new names from
+    the cached dense map, as adding it under the new vocabulary would."""
+    added = explore.add_segment(segmented, image, VOCAB, [(120, 90, True)])
+    new_vocab = "tree, red ball, water"
+    again = explore.relabel(segmented, image, new_vocab, added)
+    fresh = explore.add_segment(segmented, image, new_vocab, [(120, 90, True)])
+    assert counted == {"sam": 0, "dense": 0}
+    assert again.mask is added.mask and again.points == added.points
+    assert (again.label, again.top5) == (fresh.label, fresh.top5) and again.score == pytest.approx(fresh.score)
+    assert {name for name, _ in again.top5} <= {"tree", "red ball", "water"}
+
+
+def test_adding_a_segment_stops_when_its_client_went_away(segmenter, image):
+    """With the cache emptied, adding computes the proposals first, and a client that left stops it."""
+    from deop.errors import Cancelled
+
+    segmenter.clear_cache()
+    with pytest.raises(Cancelled):
+        explore.add_segment(segmenter, image, VOCAB, [(30, 20, True)], cancelled=lambda: True)
+    with pytest.raises(Cancelled):
+        next(explore.compare_variants(segmenter, image, VOCAB, cancelled=lambda: True))

@@ -5,6 +5,7 @@ gradio_client and through the raw HTTP API. Each gets a message naming the input
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -91,6 +92,10 @@ def raw_call(url: str, data: list) -> tuple[int, str]:
         return 200, "".join(stream.iter_text())
 
 
+def _data_url(path: str) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
 def uploaded(path: str) -> dict:
     return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
@@ -106,6 +111,11 @@ def test_raw_cases(app_url, client, photo):
         ([{"path": "photo.png"}, "sky", "one-pass"], 400, "image: upload the file first"),
         ([{"path": "x.png", "url": "data:image/png;base64,!!not base64!!"}, "sky", "one-pass"], 400,
          "image: the data: URL is not a base64-encoded image"),
+        ([{"path": "x.png", "url": _data_url(photo)}, "sky", "one-pass"], 200, '"annotations"'),  # decoded by us
+        ([{"path": "x.png", "url": "data:image/png;base64," + base64.b64encode(b"no image").decode()}, "sky",
+          "one-pass"], 200, "not an image file"),  # the package's loader names it, as for an upload
+        ([{"path": "x.png", "url": "data:image/png;base64," + "A" * (26 * 2**20 * 4 // 3)}, "sky", "one-pass"],
+         400, "image: the data: URL is over the 25mb upload limit"),
         ([None, "sky", "one-pass"], 422, "Upload an image first"),
         ([uploaded(ours), None, "one-pass"], 422, "vocabulary must be a text"),
         ([uploaded(ours), "sky", "one-pass", "abc"], 422, "points_per_side must be a whole number, got 'abc'"),

@@ -4,6 +4,7 @@ and one precedence rule (flag, then environment, then default) for every setting
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import threading
@@ -176,3 +177,29 @@ def test_models_load_under_their_own_locks():
     for t in threads:
         t.join(30)
     assert built == ["slow"] and cache.get(("slow",), slow) == "slow"
+
+
+def test_a_bad_app_setting_is_one_line_and_exit_status_2(monkeypatch, capsys):
+    import app
+
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "eighty")
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    with pytest.raises(SystemExit) as info:
+        app.run()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: environment variable GRADIO_SERVER_PORT='eighty'")
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no uids here")
+def test_the_apps_folder_in_a_shared_temp_dir_must_be_this_users_own(monkeypatch, tmp_path):
+    """Another local user could create /tmp/deop-app-<uid> first and read the uploads put there."""
+    import app
+
+    monkeypatch.delenv("DEOP_APP_DIR", raising=False)
+    monkeypatch.setattr(app.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert app.work_dir() == tmp_path / f"deop-app-{os.getuid()}"  # made here, private
+    assert (tmp_path / f"deop-app-{os.getuid()}").stat().st_mode & 0o777 == 0o700
+    (tmp_path / f"deop-app-{os.getuid()}").chmod(0o777)  # as if someone else had made it open
+    with pytest.raises(OptionError, match="is not this user's own .* set DEOP_APP_DIR"):
+        app.work_dir()

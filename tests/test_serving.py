@@ -109,7 +109,11 @@ def test_request_inputs_name_what_is_wrong():
            "max_side": (4096, "max_side must be between 128 and 2048, got 4096"),
            "fill_uncovered": ("no", "fill_uncovered must be true or false, got 'no'"),
            "severance": ([1], "severance must be a text"),
-           "proposal_model": ("vit_h", "must be one of vit_b, mobile_sam")}
+           "proposal_model": ("vit_h", "must be one of vit_b, mobile_sam"),
+           # valid JSON to Python's parser, and past what a float can hold
+           "pred_iou_thresh": (float("nan"), "pred_iou_thresh must be a number, got nan"),
+           "none_threshold": (float("inf"), "none_threshold must be a number, got inf"),
+           "clip_size": (10**400, "clip_size must be a whole number, got 1000")}
     for name, (value, message) in bad.items():
         with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
             checks[name].check(value)
@@ -149,3 +153,31 @@ def test_calibration_measures_every_unit(segmenter):
     for name in ("sam_encoder", "sam_batch", "clip_448", "crop_batch", "text_name"):
         assert getattr(costs, name) > 0, name
     assert costs.points_per_batch == segmenter.config.options.proposals.points_per_batch
+
+
+def test_session_views_count_the_segments_added_by_clicks(result):
+    from deop.explore import AddedSegment
+
+    v = view(result, 100)
+    plain = v.nbytes()
+    added = [AddedSegment(np.zeros((100, 100), bool), [(1, 2, True)], np.zeros((1, 256, 256), np.float32), 0.5,
+                          0, 0.9, [], 0.01, []) for _ in range(3)]
+    v.extra["added"] = added
+    assert v.nbytes() == plain + 3 * (100 * 100 + 256 * 256 * 4)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks here")
+def test_janitor_never_follows_a_link_out_of_its_roots(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    victim = outside / "keep.txt"
+    victim.write_text("not the app's")
+    old = 1000.0
+    os.utime(victim, (old, old))
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "old.txt").write_text("the app's")
+    os.utime(root / "old.txt", (old, old))
+    out = serving.Janitor([root], max_age=60, clock=lambda: 10_000.0).sweep()
+    assert out["removed"] == 1 and victim.exists() and not (root / "old.txt").exists()
+    assert (root / "link").is_symlink()

@@ -132,3 +132,17 @@ def test_segmenter_pool_shares_models_and_text_and_refuses_other_kinds(segmenter
     assert other.config.options == segmenter.config.options
     with pytest.raises(ValueError, match="unknown proposal model 'vit_h'"):
         pool.get("vit_h")
+
+
+def test_a_bug_while_loading_is_an_internal_error_not_ready(segmenter, monkeypatch, caplog):
+    """Only our own errors read as a plain message; anything else is logged with an id, and the status
+    never says "Ready" over models that failed to load."""
+    from deop import Segmenter
+
+    seg = Segmenter(segmenter.config)
+    monkeypatch.setattr(seg, "load", lambda: {}["no such key"])
+    loader = ui.ModelLoader(seg).start()
+    assert loader.ready.wait(30)
+    assert loader.error.startswith("internal error (id ") and "Ready" not in loader.status()
+    error_id = loader.error.split("(id ")[1].split(")")[0]
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)

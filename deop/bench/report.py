@@ -111,6 +111,8 @@ def _detail(r: dict) -> str:
     if r["kind"] == "click":
         return f"{r.get('sam_model')}@{r.get('sam_input_size')}, {r.get('clicks')} clicks on a cached image"
     if r["kind"] == "variants":
+        if r.get("method") == "all cached":
+            return "every variant again, all dense maps cached"
         return "dense pass reused" if r.get("reused") else f"clip {r.get('clip_size')}px, first look"
     if r["kind"] == "e2e_masks":
         return f"{r.get('sam_model')}@{r.get('sam_input_size')} fast, {r.get('forced_masks')} masks asked"
