@@ -582,7 +582,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                                     "last block (DeOP's patch severance, MaskCLIP, SCLIP, ClearCLIP, NACLIP, plain "
                                     "CLIP); each variant's dense map is cached, so a second look costs nothing.")
                         compare_button = gr.Button("Compare the severance variants")
-                        variants = gr.Gallery(label="One overlay per variant", columns=[2, 2, 3, 3, 3, 3],
+                        variants = gr.Gallery(label="One overlay per variant", columns=3, object_fit="contain",
                                               height="auto", elem_id="variants")
                         variants_table = gr.Markdown(elem_id="variants-table")
                     with gr.Tab("Class heatmap"):

@@ -255,6 +255,9 @@ def test_the_compare_tab_shows_one_overlay_per_variant(browser, page_url, tmp_pa
     page.get_by_role("tab", name="Compare variants").click()
     page.get_by_role("button", name="Compare the severance variants").click()
     page.wait_for_function("() => document.querySelectorAll('#variants img').length >= 6", timeout=120_000)
+    page.wait_for_timeout(500)
+    rows = [round(img.bounding_box()["y"]) for img in page.locator("#variants img").all()[:3]]
+    assert len(set(rows)) == 1, rows  # a grid: the first three overlays side by side, not one per row
     table = page.inner_text("#variants-table")
     for variant in ("deop", "maskclip", "sclip", "clearclip", "naclip", "none"):
         assert f"{variant}\t" in table or f"| {variant} |" in table or variant in table
