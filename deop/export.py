@@ -18,6 +18,9 @@ from .models import RANDOM_WEIGHTS_WARNING
 from .result import SegmentationResult
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# zlib level of the label PNGs and masks: label maps are long runs, which level 1 compresses to about the
+# size level 6 gives, several times faster at 48 megapixels
+PNG_LEVEL = 1
 
 
 def safe_name(name: str, fallback: str = "class", limit: int = 60) -> str:
@@ -55,16 +58,20 @@ def label_image(label_map: np.ndarray, class_names: list[str]) -> Image.Image:
 def masks_zip(label_map: np.ndarray, class_names: list[str]) -> bytes:
     """One 0/255 PNG per class present plus classes.json: for tools that want binary masks, not indices."""
     label_map = render.check_labels(label_map, len(class_names))
-    counts = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(class_names))
+    counts = np.bincount((label_map + 1).ravel(), minlength=len(class_names) + 1)[1:]  # -1 counted apart
     listing = []
     buf = io.BytesIO()
+    # The PNGs are stored, not deflated again: they are compressed already, and a second pass over a
+    # 48-megapixel mask per class was most of this function's time. PNG level 1: masks are runs, which the
+    # fastest level compresses nearly as well.
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i, name in enumerate(class_names):
             file = f"{i}_{safe_name(name)}.png" if counts[i] else None
             if file:
                 png = io.BytesIO()
-                Image.fromarray(((label_map == i) * 255).astype(np.uint8)).save(png, format="PNG")
-                zf.writestr(file, png.getvalue())
+                Image.fromarray(label_map == i).convert("L").save(
+                    png, format="PNG", compress_level=PNG_LEVEL)
+                zf.writestr(file, png.getvalue(), compress_type=zipfile.ZIP_STORED)
             listing.append({"index": i, "name": name, "pixels": int(counts[i]), "file": file})
         meta = {"height": int(label_map.shape[0]), "width": int(label_map.shape[1]),
                 "unlabelled_pixels": int((label_map < 0).sum()), "classes": listing}
@@ -101,7 +108,7 @@ def _save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, s
         overlay_path = out_dir / f"{stem}_overlay{suffix}.png"
         Image.fromarray(overlay_image(image, result, name)).save(overlay_path)
         labels_path = out_dir / f"{stem}_labels{suffix}.png"
-        label_image(result.methods[name].label_map, result.classes).save(labels_path)
+        label_image(result.methods[name].label_map, result.classes).save(labels_path, compress_level=PNG_LEVEL)
         written[f"overlay{suffix}"] = overlay_path
         written[f"labels{suffix}"] = labels_path
     written["json"] = write_json(result, out_dir / f"{stem}.json")
