@@ -67,7 +67,11 @@ def work_dir() -> Path:
     given = os.environ.get("DEOP_APP_DIR")
     uid = os.getuid() if hasattr(os, "getuid") else None  # no uids on Windows
     folder = Path(given or Path(tempfile.gettempdir()) / (f"deop-app-{uid}" if uid is not None else "deop-app"))
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file, or a dangling link, of that name
+        raise OptionError(f"cannot make the app's folder {folder}: {exc.strerror or exc}; remove it or set "
+                          "DEOP_APP_DIR to a folder of your own") from None
     if not given and uid is not None:  # a shared temp folder: another user may have made this name first
         st = folder.lstat()
         if folder.is_symlink() or st.st_uid != uid or st.st_mode & 0o077:
@@ -126,12 +130,19 @@ def data_url_file(url: str) -> str:
         raw = base64.b64decode(data, validate=True)
     except ValueError:
         raise gr.Error("image: the data: URL is not a base64-encoded image") from None
-    folder = Path(gr.utils.get_upload_folder()) / "data-urls"
+    folder = data_url_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(dir=folder, prefix="image-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    return path
+    path = folder / f"{hashlib.sha256(raw).hexdigest()[:32]}.img"  # the same image, the same path: it re-runs
+    if not path.exists():
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=".image-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(staging, path)
+    return str(path)
+
+
+def data_url_folder() -> Path:
+    return Path(gr.utils.get_upload_folder()) / "data-urls"
 
 
 def _bytes(size: str) -> int:
@@ -217,7 +228,11 @@ def client_alive(demo: gr.Blocks) -> Callable[[], bool]:
 def on_gpu(fn: Callable, duration: Callable[..., float] | float) -> Callable:
     """ZeroGPU's ``@spaces.GPU`` (a GPU attached for the call, `duration` seconds, or asked from the inputs)
     when the ``spaces`` package is installed; outside a ZeroGPU Space it returns the function unchanged.
-    Every handler that runs a model needs it: on ZeroGPU, CUDA exists only inside such a call."""
+
+    On ZeroGPU the decorated function runs in a forked worker process, its arguments and results pickled:
+    so only pure computations are decorated (arrays and options in, results out), never a handler, whose
+    session bookkeeping would stay in the worker and be lost to the next request. What the worker caches
+    (proposals, features) helps the next call that lands on it; a call that lands elsewhere recomputes."""
     try:
         import spaces
     except ImportError:
@@ -308,12 +323,43 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     models = ui.proposal_models(segmenter)
     segmenters = ui.SegmenterPool(segmenter, [kind for _, kind in models])
     sessions = serving.SessionStore(session_bytes)
+
+    # The model work, and only it, behind ZeroGPU's decorator (see on_gpu). Progress and the client-gone
+    # probe cannot cross into a ZeroGPU worker (ZeroGPU enforces its own duration); elsewhere they apply.
+    def stream_on_gpu(model: str, work, vocabulary, method: str, opts, input_size, progress=None, cancelled=None):
+        yield from segmenters.get(model).stream(work, vocabulary, method, options=opts, timeout=time_limit,
+                                                progress=progress, cancelled=cancelled, input_size=input_size)
+
+    def add_on_gpu(model: str, work, vocabulary: str, points, opts, previous, cancelled=None):
+        return explore.add_segment(segmenters.get(model), work, vocabulary, points, opts, previous=previous,
+                                   timeout=time_limit, cancelled=cancelled)
+
+    def compare_on_gpu(model: str, work, vocabulary: str, opts, input_size, cancelled=None):
+        yield from explore.compare_variants(segmenters.get(model), work, vocabulary, opts, input_size=input_size,
+                                            timeout=time_limit, cancelled=cancelled)
+
+    def relabel_on_gpu(model: str, work, vocabulary, added: list, opts) -> list:
+        seg = segmenters.get(model)
+        return [explore.relabel(seg, work, vocabulary, a, opts) for a in added]
+
+    def stream_seconds(model, work, vocabulary, method, opts, *args, **kwargs) -> float:
+        points = opts.proposals.points_per_side
+        return min(120.0, 15.0 + 0.01 * float(points) ** 2 + (15.0 if method in ("crop", "both") else 0))
+
+    stream_on_gpu = on_gpu(stream_on_gpu, stream_seconds)
+    add_on_gpu, compare_on_gpu, relabel_on_gpu = (on_gpu(add_on_gpu, 30), on_gpu(compare_on_gpu, 90),
+                                                  on_gpu(relabel_on_gpu, 30))
+
+    def local(fn: Callable) -> Callable | None:
+        """A probe or callback for the computation, or None where it would have to cross into a ZeroGPU worker."""
+        return None if zero_gpu else fn
     results = folder / "results"
     uploads = Path(gr.utils.get_upload_folder())
     if not uploads.resolve().is_relative_to(folder.resolve()):  # another app's files may be there too
         log.warning("Gradio's upload folder %s is outside the app's folder %s and is not cleaned; set "
                     "GRADIO_TEMP_DIR inside it (python app.py does)", uploads, folder)
-    janitor = serving.Janitor([results] + ([uploads] if uploads.resolve().is_relative_to(folder.resolve()) else []))
+    janitor = serving.Janitor([results] + ([uploads] if uploads.resolve().is_relative_to(folder.resolve())
+                                           else [data_url_folder()]))  # the data: URLs' files are ours
     options = [request_options()[name] for name in APP_OPTIONS]
     defaults = {"vocabulary": "cat, sofa, wall, blanket", "method": "both", "proposal_model": config.sam_kind,
                 **{o.name: option_value(config.options, o.name) for o in options}}
@@ -377,10 +423,10 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         request = {**v, "image": values["image"]}
         kept = view.extra.get("added", []) if view is not None else []
         try:
-            for result in seg.stream(work, vocabulary, v["method"], options=opts, timeout=time_limit,
-                                     progress=report, cancelled=lambda: not alive(), input_size=input_size):
+            for result in stream_on_gpu(v["proposal_model"], work, vocabulary, v["method"], opts, input_size,
+                                        progress=local(report), cancelled=local(lambda: not alive())):
                 views = ui.segment_views(work, result, results)
-                added = [explore.relabel(seg, work, vocabulary, a, opts) for a in kept]
+                added = relabel_on_gpu(v["proposal_model"], work, vocabulary, kept, opts) if kept else []
                 kept = added
                 if added:
                     views["one_pass"] = (work, ui.annotations(result, result.primary, added))
@@ -433,11 +479,6 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         view = sessions.get(values.get("state"))
         return gr.update(value=stale_label(edits(values, view)[1] if view is not None else []))
 
-    def gpu_seconds(*args, **kwargs) -> float:
-        values = dict(zip(list(inputs), args))
-        points = values.get("points_per_side") or defaults["points_per_side"]
-        return min(120.0, 15.0 + 0.01 * float(points) ** 2 + (15.0 if values.get("method") in ("crop", "both") else 0))
-
     @user_errors
     def example(image, vocabulary):
         """An example's answer as Gradio caches it (lazily: the first visitor pays, later ones get it at
@@ -468,7 +509,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if view is None:
             return [gr.skip(), EXPIRED if token else "Segment an image first.", gr.skip()]
         for name, value in (("x", x), ("y", y)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 2**53 or (
+                    isinstance(value, float) and not math.isfinite(value)):
                 raise OptionError(f"{name} must be a pixel position (a number), got {value!r}")
         if mode not in CLICK_MODES:
             raise OptionError(f"mode must be one of {', '.join(CLICK_MODES)}; got {mode!r}")
@@ -498,9 +540,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         refine = mode == CLICK_MODES[2]
         points = [*added[-1].points, (x, y, False)] if refine else [(x, y, True)]
         alive = client_alive(demo)
-        new = explore.add_segment(seg_model, view.image, view.request["vocabulary"], points, opts,
-                                  previous=added[-1] if refine else None, timeout=time_limit,
-                                  cancelled=lambda: not alive())
+        new = add_on_gpu(view.request["proposal_model"], view.image, view.request["vocabulary"], points, opts,
+                         added[-1] if refine else None, cancelled=local(lambda: not alive()))
         if refine:
             added[-1] = new
         else:
@@ -532,9 +573,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         seg_model = segmenters.get(view.request["proposal_model"])
         opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
         runs, alive = [], client_alive(demo)
-        for run in explore.compare_variants(seg_model, view.image, view.request["vocabulary"], opts,
-                                            input_size=view.result.image_size, timeout=time_limit,
-                                            cancelled=lambda: not alive()):
+        for run in compare_on_gpu(view.request["proposal_model"], view.image, view.request["vocabulary"], opts,
+                                  view.result.image_size, cancelled=local(lambda: not alive())):
             runs.append(run)
             gallery, table = ui.variant_views(view.image, runs, view.result.classes)
             yield [gallery, table]
@@ -600,7 +640,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         with examples_cache(folder / "examples" / digest):
             gr.Examples([[str(ROOT / e["image"]), e["vocabulary"]] for e in examples], [image, vocabulary],
                         [out_left, out_right, latency, chart, files, inspect_view, run_status],
-                        fn=on_gpu(example, 60), cache_examples=True, cache_mode="lazy")
+                        fn=example, cache_examples=True, cache_mode="lazy")
 
         inputs = {"image": image, "vocabulary": vocabulary, "method": method, **widgets,
                   "proposal_model": proposal_model}
@@ -610,12 +650,12 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
                         "heatmap_classes": heat_class, "inspect": inspect_view}
         segment_outputs = [*(view_outputs[n] for n in ui.SEGMENT_OUTPUTS), run_status, clicked, state, run]
         pipeline_events = {"concurrency_id": "pipeline"}  # one request at a time uses the models
-        run.click(on_gpu(with_signature(segment, names, defaults), gpu_seconds), [*inputs.values(), state],
+        run.click(with_signature(segment, names, defaults), [*inputs.values(), state],
                   segment_outputs, api_name="segment", validator=with_signature(validate, names, defaults, False),
                   **pipeline_events)
         # Edits that the caches answer re-run by themselves: the vocabulary once typing pauses (debounced in
         # the browser), the threshold when its slider is let go, the fill option and templates when picked.
-        rerun_handler = on_gpu(with_signature(rerun, names, defaults), gpu_seconds)
+        rerun_handler = with_signature(rerun, names, defaults)
         vocabulary.input(None, [vocabulary, debounced], debounced, js=DEBOUNCE, trigger_mode="multiple",
                          queue=False)
         debounced.change(rerun_handler, [image, debounced, *list(inputs.values())[2:], state], segment_outputs,
@@ -635,17 +675,20 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         out_left.select(click_legend, [state], clicked)
         out_right.select(click_legend, [state], clicked)
         clicked_views = [inspect_view, clicked, out_left]
-        inspect_view.select(on_gpu(click_pixel, 30), [state, click_mode], clicked_views, **pipeline_events)
-        add_button.click(on_gpu(add_segment_api, 30), [add_x, add_y, add_mode, state], clicked_views,
+        inspect_view.select(click_pixel, [state, click_mode], clicked_views, **pipeline_events)
+        add_button.click(add_segment_api, [add_x, add_y, add_mode, state], clicked_views,
                          api_name="add_segment", **pipeline_events)
-        compare_button.click(on_gpu(compare, 90), [state], [variants, variants_table], api_name="compare_variants",
+        compare_button.click(compare, [state], [variants, variants_table], api_name="compare_variants",
                              **pipeline_events)
         demo.load(loader.status, None, status)
         gr.Timer(2.0).tick(loader.status, None, status)
     pad_missing_inputs(demo)
-    for block_fn in demo.fns.values():  # the examples' lazy caching runs the models too: one at a time
-        if getattr(block_fn.fn, "__name__", "") == "load_example_output":
-            block_fn.concurrency_id = pipeline_events["concurrency_id"]
+    example_events = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "load_example_output"]
+    for block_fn in example_events:  # the examples' lazy caching runs the models too: one at a time
+        block_fn.concurrency_id = pipeline_events["concurrency_id"]
+    if len(example_events) != 1:
+        log.warning("found %d example events, not one: this Gradio names them otherwise, and lazily cached "
+                    "examples may run beside a request", len(example_events))
     demo.deop = AppParts(segmenter, loader, sessions, janitor, folder)  # for tests and operators
     from gradio.processing_utils import hash_file  # where Gradio keeps the copies the page links to
 

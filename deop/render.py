@@ -62,8 +62,9 @@ def check_labels(label_map: np.ndarray, n_classes: int, shape: tuple[int, ...] |
     if label_map.size and (label_map.min() < UNLABELLED or label_map.max() >= n_classes):
         lo, hi = label_map.min(), label_map.max()
         raise ValueError(f"label map values must lie in [-1, {n_classes}), got [{lo}, {hi}]")
-    # any signed integer type indexes the same; a copy of a 48-megapixel map to int64 costs 0.1 s and 384 MB
-    return label_map if label_map.dtype.kind == "i" else label_map.astype(np.int64)
+    # int32 (what results give) is kept: a copy of a 48-megapixel map to int64 costs 0.1 s and 384 MB; narrower
+    # types are widened, since callers compute with the labels (+1, 65535 for unlabelled)
+    return label_map if label_map.dtype in (np.int32, np.int64) else label_map.astype(np.int64)
 
 
 def _boundaries(values: np.ndarray) -> np.ndarray:

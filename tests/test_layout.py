@@ -203,3 +203,25 @@ def test_the_apps_folder_in_a_shared_temp_dir_must_be_this_users_own(monkeypatch
     (tmp_path / f"deop-app-{os.getuid()}").chmod(0o777)  # as if someone else had made it open
     with pytest.raises(OptionError, match="is not this user's own .* set DEOP_APP_DIR"):
         app.work_dir()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no uids here")
+def test_a_dangling_link_in_place_of_the_apps_folder_is_named(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.delenv("DEOP_APP_DIR", raising=False)
+    monkeypatch.setattr(app.tempfile, "gettempdir", lambda: str(tmp_path))
+    (tmp_path / f"deop-app-{os.getuid()}").symlink_to(tmp_path / "gone")
+    with pytest.raises(OptionError, match="cannot make the app's folder .* set DEOP_APP_DIR"):
+        app.work_dir()
+
+
+def test_a_data_url_is_one_file_per_image_so_that_it_re_runs():
+    import base64
+
+    import app
+
+    url = "data:image/png;base64," + base64.b64encode(b"the same bytes").decode()
+    first, again = app.data_url_file(url), app.data_url_file(url)
+    assert first == again and Path(first).read_bytes() == b"the same bytes"
+    assert app.data_url_file(url.replace("c2FtZ", "c2FtZ").replace("Ynl0ZXM=", "Ynl0ZQ==")) != first

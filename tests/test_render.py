@@ -164,14 +164,17 @@ def test_label_image_round_trip():
     assert (pal[255] == 0).all()
 
 
-def test_label_image_beyond_255_classes_is_16_bit():
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16])  # results keep compact int16 maps
+def test_label_image_beyond_255_classes_is_16_bit(dtype):
     names = [f"c{i}" for i in range(300)]
-    lm = np.array([[-1, 0, 254], [255, 299, -1]])
+    lm = np.array([[-1, 0, 254], [255, 299, -1]], dtype=dtype)
     img = label_image(lm, names)
     assert img.mode == "I;16"
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    np.testing.assert_array_equal(np.array(Image.open(buf)), np.where(lm < 0, 65535, lm))
+    np.testing.assert_array_equal(np.array(Image.open(buf)), np.where(lm < 0, 65535, lm.astype(np.int64)))
+    with zipfile.ZipFile(io.BytesIO(masks_zip(lm, names))) as zf:
+        assert json.loads(zf.read("classes.json"))["classes"][299]["pixels"] == 1
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "a/b", "a\\b", "..", ".", "", "猫", "C:\\x", "y" * 200])
