@@ -16,7 +16,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import gradio as gr
 
 from deop import explore, serving, ui
 from deop.arguments import add_model_arguments, add_option_arguments, config_from_args, env_default
-from deop.config import APP_OPTIONS, Option, SegmenterConfig, option_value, request_options
+from deop.config import APP_OPTIONS, Option, SegmenterConfig, is_number, option_value, request_options
 from deop.errors import USER_ERRORS, DeopError, OptionError, internal_error
 from deop.images import load_image, resize_max_side
 from deop.methods import METHOD_CHOICES
@@ -353,13 +352,14 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     def local(fn: Callable) -> Callable | None:
         """A probe or callback for the computation, or None where it would have to cross into a ZeroGPU worker."""
         return None if zero_gpu else fn
+
     results = folder / "results"
     uploads = Path(gr.utils.get_upload_folder())
-    if not uploads.resolve().is_relative_to(folder.resolve()):  # another app's files may be there too
+    ours = uploads.resolve().is_relative_to(folder.resolve())
+    if not ours:  # another app's files may be there too
         log.warning("Gradio's upload folder %s is outside the app's folder %s and is not cleaned; set "
                     "GRADIO_TEMP_DIR inside it (python app.py does)", uploads, folder)
-    janitor = serving.Janitor([results] + ([uploads] if uploads.resolve().is_relative_to(folder.resolve())
-                                           else [data_url_folder()]))  # the data: URLs' files are ours
+    janitor = serving.Janitor([results, uploads if ours else data_url_folder()])  # the data: URLs' files are ours
     options = [request_options()[name] for name in APP_OPTIONS]
     defaults = {"vocabulary": "cat, sofa, wall, blanket", "method": "both", "proposal_model": config.sam_kind,
                 **{o.name: option_value(config.options, o.name) for o in options}}
@@ -384,6 +384,11 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
 
     labels_stage = {"vocabulary", *(o.name for o in options if o.meta.stage == "labels")}
 
+    def request_settings(request: dict[str, Any]) -> tuple[Segmenter, Any]:
+        """The proposal model a request (checked inputs, or a session's kept ones) asked for, and its options."""
+        seg = segmenters.get(request["proposal_model"])
+        return seg, seg.config.options.with_overrides(**{o.name: request[o.name] for o in options})
+
     def outputs(views: dict[str, Any], result, token: str, note: str = "") -> list:
         crop = views["crop"]
         button = gr.skip() if note else gr.update(value=RUN)  # a cached re-run leaves pending settings pending
@@ -403,8 +408,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         loader.ready.wait()
         if loader.error:
             raise gr.Error(loader.error)
-        seg = segmenters.get(v["proposal_model"])
-        opts = seg.config.options.with_overrides(**{o.name: v[o.name] for o in options})
+        seg, opts = request_settings(v)
         if view is not None:  # not the upload again: it may be gone (swept after an hour) or 48 MP to decode
             work, input_size = view.image, view.result.image_size
         else:
@@ -422,12 +426,13 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         report = (lambda f, d: progress(f, desc=d)) if progress is not None else None
         request = {**v, "image": values["image"]}
         kept = view.extra.get("added", []) if view is not None else []
+        added = None  # the kept segments relabelled, once: every streamed result has the same vocabulary
         try:
             for result in stream_on_gpu(v["proposal_model"], work, vocabulary, v["method"], opts, input_size,
                                         progress=local(report), cancelled=local(lambda: not alive())):
                 views = ui.segment_views(work, result, results)
-                added = relabel_on_gpu(v["proposal_model"], work, vocabulary, kept, opts) if kept else []
-                kept = added
+                if added is None:
+                    added = relabel_on_gpu(v["proposal_model"], work, vocabulary, kept, opts) if kept else []
                 if added:
                     views["one_pass"] = (work, ui.annotations(result, result.primary, added))
                 token = sessions.put(serving.SessionView(work, result, request, {"added": added}), token)
@@ -509,8 +514,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         if view is None:
             return [gr.skip(), EXPIRED if token else "Segment an image first.", gr.skip()]
         for name, value in (("x", x), ("y", y)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > 2**53 or (
-                    isinstance(value, float) and not math.isfinite(value)):
+            if not is_number(value):
                 raise OptionError(f"{name} must be a pixel position (a number), got {value!r}")
         if mode not in CLICK_MODES:
             raise OptionError(f"mode must be one of {', '.join(CLICK_MODES)}; got {mode!r}")
@@ -535,8 +539,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
             return [gr.skip(), f"At most {MAX_ADDED} added segments per image: refine the last one, or press "
                                f"{RUN} to start again.", gr.skip()]
         loader.ready.wait()
-        seg_model = segmenters.get(view.request["proposal_model"])
-        opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
+        _, opts = request_settings(view.request)
         refine = mode == CLICK_MODES[2]
         points = [*added[-1].points, (x, y, False)] if refine else [(x, y, True)]
         alive = client_alive(demo)
@@ -570,8 +573,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
             yield [gr.skip(), EXPIRED if token else "Segment an image first."]
             return
         loader.ready.wait()
-        seg_model = segmenters.get(view.request["proposal_model"])
-        opts = seg_model.config.options.with_overrides(**{o.name: view.request[o.name] for o in options})
+        _, opts = request_settings(view.request)
         runs, alive = [], client_alive(demo)
         for run in compare_on_gpu(view.request["proposal_model"], view.image, view.request["vocabulary"], opts,
                                   view.result.image_size, cancelled=local(lambda: not alive())):
@@ -692,8 +694,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
     demo.deop = AppParts(segmenter, loader, sessions, janitor, folder)  # for tests and operators
     from gradio.processing_utils import hash_file  # where Gradio keeps the copies the page links to
 
-    janitor.protect(Path(gr.utils.get_upload_folder()) / hash_file(ROOT / e["image"]) / Path(e["image"]).name
-                    for e in examples)
+    janitor.protect(uploads / hash_file(ROOT / e["image"]) / Path(e["image"]).name for e in examples)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 

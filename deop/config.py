@@ -112,9 +112,7 @@ class Option:
             if isinstance(value, str):
                 return value
             raise OptionError(f"{self.name} must be a text, got {value!r}")
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        # NaN and Infinity are valid JSON to Python; an int past float's range cannot be compared or shown
-        if not number or (isinstance(value, float) and not math.isfinite(value)) or abs(value) > 2**53:
+        if not is_number(value):
             what = "a whole number" if kind == "int" else "a number"
             raise OptionError(f"{self.name} must be {what}, got {value!r}")
         if kind == "int":
@@ -124,6 +122,14 @@ class Option:
                 return int(value)
             return value
         return float(value)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float a request may carry: not a bool, not NaN or Infinity (valid JSON to Python), and no
+    integer past float's exact range (it could not be compared with a bound or shown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= 2**53
 
 
 _TYPES = {int: "int", float: "float", bool: "bool", str: "str"}
