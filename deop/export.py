@@ -89,27 +89,36 @@ def write_json(result: SegmentationResult, path: Path) -> Path:
     return path
 
 
-def save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str) -> dict[str, Path]:
+def save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str,
+                masks: bool = False) -> dict[str, Path]:
     """Writes <stem>_overlay.png, <stem>_labels.png and <stem>.json (the primary method: one-pass when it
-    ran), plus <stem>_overlay_<method>.png and <stem>_labels_<method>.png for every other method."""
+    ran), plus <stem>_overlay_<method>.png and <stem>_labels_<method>.png for every other method; with
+    `masks`, also <stem>_masks.zip (``masks_zip`` of the primary method, from the same full-size map)."""
     try:
-        return _save_result(image, result, Path(out_dir), stem)
+        return _save_result(image, result, Path(out_dir), stem, masks)
     except OSError as exc:
         raise OutputError(f"cannot write the results into {out_dir}: {exc.strerror or exc}") from exc
 
 
-def _save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str) -> dict[str, Path]:
+def _save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str,
+                 masks: bool) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_name(stem, "image", 100)
     primary = result.primary
     written: dict[str, Path] = {}
+    primary_labels = None
     for name in result.methods:
         suffix = "" if name == primary else "_" + safe_name(name, "method")
         overlay_path = out_dir / f"{stem}_overlay{suffix}.png"
         Image.fromarray(overlay_image(image, result, name)).save(overlay_path)
         labels_path = out_dir / f"{stem}_labels{suffix}.png"
-        label_image(result.methods[name].label_map, result.classes).save(labels_path, compress_level=PNG_LEVEL)
+        labels = result.methods[name].label_map  # at the input size: made once per method
+        primary_labels = labels if name == primary else primary_labels
+        label_image(labels, result.classes).save(labels_path, compress_level=PNG_LEVEL)
         written[f"overlay{suffix}"] = overlay_path
         written[f"labels{suffix}"] = labels_path
     written["json"] = write_json(result, out_dir / f"{stem}.json")
+    if masks and primary_labels is not None:
+        written["masks"] = out_dir / f"{stem}_masks.zip"
+        written["masks"].write_bytes(masks_zip(primary_labels, result.classes))
     return written

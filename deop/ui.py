@@ -14,7 +14,7 @@ import numpy as np
 
 from . import render
 from .errors import USER_ERRORS, internal_error
-from .export import masks_zip, save_result
+from .export import save_result
 from .methods import METHOD_TITLES, METHODS
 from .pipeline import Segmenter
 from .proposers import PROPOSERS
@@ -253,10 +253,7 @@ def downloads(image: np.ndarray, result: SegmentationResult, root: Path) -> list
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=root))
-    written = save_result(image, result, folder, "segmentation")
-    zip_path = folder / "segmentation_masks.zip"
-    zip_path.write_bytes(masks_zip(result.methods[result.primary].label_map, result.classes))
-    return [str(p) for p in written.values()] + [str(zip_path)]
+    return [str(p) for p in save_result(image, result, folder, "segmentation", masks=True).values()]
 
 
 def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) -> np.ndarray | None:
