@@ -102,6 +102,18 @@ def test_click_a_segment_and_a_legend_entry_to_see_top5(browser, page_url, tmp_p
     page.close()
 
 
+VIEWPORTS = {"laptop": (1366, 900), "phone": (390, 844)}
+
+
+def _screenshots(page, stem: str) -> None:
+    """The page as it stands, full length, on a laptop and on a phone: artifacts/<stem>-laptop.png, -phone.png."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for device, (width, height) in VIEWPORTS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"{stem}-{device}.png"), full_page=True)
+
+
 def _new_page(browser, url, width=1366, height=900):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(url, wait_until="load")
@@ -239,11 +251,7 @@ def test_a_click_on_an_uncovered_pixel_adds_a_segment_to_the_legend(browser, spa
                            arg=len(before), timeout=30_000)
     after = page.locator("#one-pass button.legend-item").all_inner_texts()
     assert [t for t in after if t.startswith("+1 ")] and "no new encoder pass" in page.inner_text("#clicked")
-    for name, size in (("app-added-laptop", (1366, 900)), ("app-added-phone", (390, 844))):
-        page.set_viewport_size({"width": size[0], "height": size[1]})
-        page.wait_for_timeout(300)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    _screenshots(page, "app-added")
     page.close()
 
 
@@ -260,11 +268,8 @@ def test_the_compare_tab_shows_one_overlay_per_variant(browser, page_url, tmp_pa
     assert len(set(rows)) == 1, rows  # a grid: the first three overlays side by side, not one per row
     table = page.inner_text("#variants-table")
     for variant in ("deop", "maskclip", "sclip", "clearclip", "naclip", "none"):
-        assert f"{variant}\t" in table or f"| {variant} |" in table or variant in table
-    for name, size in (("app-compare-laptop", (1366, 900)), ("app-compare-phone", (390, 844))):
-        page.set_viewport_size({"width": size[0], "height": size[1]})
-        page.wait_for_timeout(300)
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        assert variant in table
+    _screenshots(page, "app-compare")
     page.close()
 
 
