@@ -19,7 +19,11 @@ import torch
 from amg_support import assert_same_records, with_small_masks
 from deop.proposers.amg import FastMaskGenerator, MaskSet
 
-ALL_PASS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+# A random decoder's logits lie within about +-0.1, so stock's offset of 1 would make every stability score 0
+# and hide any error in it; at 0.02 the scores spread over 0.15-0.9.
+OFFSET = 0.02
+ALL_PASS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0,
+            "stability_score_offset": OFFSET}
 
 
 @dataclass
@@ -103,8 +107,9 @@ def test_b_some_masks_pass(fam, image_a, all_pass):
     stabilities = np.array([r["stability_score"] for r in all_pass if r["predicted_iou"] > iou_thresh])
     stability_thresh = float(np.nanquantile(stabilities, 0.4))
     stock, _ = fam.run(image_a, points_per_batch=5, pred_iou_thresh=iou_thresh,
-                       stability_score_thresh=stability_thresh, box_nms_thresh=0.7)
+                       stability_score_thresh=stability_thresh, box_nms_thresh=0.7, stability_score_offset=OFFSET)
     assert 0 < len(stock) < len(all_pass)
+    assert min(r["stability_score"] for r in stock) >= stability_thresh > 0
 
 
 @pytest.mark.parametrize("fam", ["sam-256", "mobile_sam", "sam2"], indirect=True)  # SAM v1 crops at 256 px
@@ -126,7 +131,8 @@ def test_d_small_region_cleanup(fam, image_a, masks):
     """SAM v1's post-hoc cleanup (SAM 2's generator has none: see test_d_sam2_predictor_cleanup)."""
     from segment_anything.utils.amg import remove_small_regions
 
-    opts = {"points_per_batch": 5, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
+    opts = {"points_per_batch": 5, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7,
+            "stability_score_offset": OFFSET}
     fam = fam if masks == "random" else fam.small_masks()
     without, _ = fam.run(image_a, **opts)
     area = next(a for a in (10, 30, 100, 300, 1000) if _changes_something(without, a, remove_small_regions))
@@ -222,17 +228,20 @@ def test_before_batch_hook_runs_before_every_batch_and_can_stop(amg_sam_256, ima
 
 
 def test_float32_points(amg_sam_256, image_a, monkeypatch):
+    """The prompt encoder gets float32 points (and float64 ones, as stock sends them, by default)."""
     dtypes = []
-    gen = FastMaskGenerator(amg_sam_256, "sam", points_per_side=4, float32_points=True, **ALL_PASS)
-    predict_torch = gen.predictor.predict_torch
+    prompt_encoder = amg_sam_256.prompt_encoder
+    forward = prompt_encoder.forward
 
     def spy(points, *args, **kwargs):
-        dtypes.append(points.dtype)
-        return predict_torch(points, *args, **kwargs)
+        dtypes.append(points[0].dtype)
+        return forward(points, *args, **kwargs)
 
-    monkeypatch.setattr(gen.predictor, "predict_torch", spy)
-    result = gen.generate(image_a)
+    monkeypatch.setattr(prompt_encoder, "forward", spy)
+    result = FastMaskGenerator(amg_sam_256, "sam", points_per_side=4, float32_points=True, **ALL_PASS).generate(image_a)
     assert dtypes == [torch.float32] and len(result) == 48
+    FastMaskGenerator(amg_sam_256, "sam", points_per_side=4, **ALL_PASS).generate(image_a)
+    assert dtypes == [torch.float32, torch.float64]
 
 
 def test_keep_embedding_leaves_the_full_image_embedded(amg_sam_256, image_a):

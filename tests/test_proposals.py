@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamAutomaticMaskGenerator
 
 from conftest import SMALL_PROPOSALS, scene
 from deop.config import ProposalConfig
@@ -32,14 +32,16 @@ def test_generator_equals_stock_sam(proposer, stock_masks):
 
 
 def _point_dtypes(monkeypatch) -> list[torch.dtype]:
-    """Record the dtype of the points each batch sends to the model."""
-    seen, predict = [], SamPredictor.predict_torch
+    """Record the dtype of the points each batch sends to SAM's prompt encoder."""
+    from segment_anything.modeling.prompt_encoder import PromptEncoder
 
-    def spy(self, point_coords, *args, **kwargs):
-        seen.append(point_coords.dtype)
-        return predict(self, point_coords, *args, **kwargs)
+    seen, forward = [], PromptEncoder.forward
 
-    monkeypatch.setattr(SamPredictor, "predict_torch", spy)
+    def spy(self, points, *args, **kwargs):
+        seen.append(points[0].dtype)
+        return forward(self, points, *args, **kwargs)
+
+    monkeypatch.setattr(PromptEncoder, "forward", spy)
     return seen
 
 

@@ -4,11 +4,16 @@ The stock ``SamAutomaticMaskGenerator`` (segment_anything, and MobileSAM's copy 
 ``SAM2AutomaticMaskGenerator`` spend most of their time on bookkeeping once many masks pass their
 filters: ``MaskData.cat`` deep-copies the accumulated RLE lists on every batch, every mask is run-length
 encoded and decoded again, and the small-region cleanup decodes each mask and labels the whole image for
-it. Here the networks run through the stock predictors with the very same inputs, and the per-mask
-scores, boxes and non-maximum suppression go through the very same stock helper functions with the very
-same tensors (device and dtype included), so the scores, the order and NMS tie-breaking are identical;
-only the masks take another road: each surviving mask is kept bit-packed, cropped to its tight box, and
-the small-region cleanup labels that box plus a one-pixel margin instead of the whole image.
+it. On a CPU they also pay for memory: each batch's masks are upscaled to the image size all at once, into
+tensors so large that every batch maps and faults in fresh pages, and most of them are dropped next.
+
+Here the prompt encoder and mask decoder are called exactly as the stock predictors call them, and the
+per-mask scores, boxes and non-maximum suppression come from the very same stock helper functions or, on
+a CPU, from the same integer counts, with tensors of the same device and dtype, so the scores, the order
+and NMS tie-breaking are identical. Only the masks take another road: the IoU threshold is applied before
+the model's own upscaling, which then runs a few masks at a time; each surviving mask is kept bit-packed,
+cropped to its tight box, and the small-region cleanup labels that box plus a one-pixel margin instead of
+the whole image.
 """
 
 from __future__ import annotations
@@ -100,6 +105,74 @@ def _pack_crops(binary: torch.Tensor, boxes: torch.Tensor) -> list[_Packed]:
     return out
 
 
+def _keep_only(keep: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Stock's ``MaskData.filter`` of each tensor by a boolean mask, on the tensor's own device."""
+    return [t[torch.as_tensor(keep, device=t.device)] for t in tensors]
+
+
+# A CPU chunk of upscaled masks stays well under glibc's largest mmap threshold (32 MB), so its buffers are
+# reused from the heap rather than mapped and faulted in afresh, and it stays in the cache for the filters.
+_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass
+class _Decoded:
+    """One batch of prompts through the mask decoder, not yet upscaled."""
+
+    masks: torch.Tensor      # (M, 1, h, w) low-res logits; full-size (M, H, W) ones when plane_pixels is 0
+    iou_preds: torch.Tensor  # (M,)
+    points: torch.Tensor     # (M, 2)
+    upscale: Callable[[torch.Tensor], torch.Tensor]  # rows of masks -> (k, H, W) logits at the image's size
+    plane_pixels: int        # the most pixels per mask the upscaling writes at once
+
+    def select(self, keep: torch.Tensor) -> _Decoded:
+        masks, iou_preds, points = _keep_only(keep, self.masks, self.iou_preds, self.points)
+        return _Decoded(masks, iou_preds, points, self.upscale, self.plane_pixels)
+
+    def chunks(self) -> list[slice]:
+        n = len(self.iou_preds)
+        step = n
+        if self.plane_pixels and self.masks.device.type == "cpu":
+            step = max(1, _CHUNK_BYTES // (self.masks.element_size() * self.plane_pixels))
+        return [slice(s, s + step) for s in range(0, n, max(step, 1))]
+
+
+def _on_numpy(masks: torch.Tensor) -> bool:
+    """Whether the filters below give stock's numbers here: float32 on the CPU, rows narrow enough for
+    stock's int16 row sums not to overflow, and at least one mask (stock's boxes of none are float32)."""
+    return masks.device.type == "cpu" and masks.dtype == torch.float32 and 0 < len(masks) and masks.shape[-1] < 2**15
+
+
+def _numpy_stability(masks: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
+    """Stock's ``calculate_stability_score``, one mask at a time while it is in the cache. The counts are
+    exact integers either way, and the scalars are compared in float32 as torch compares them."""
+    x = masks.numpy()
+    above = np.empty(x.shape[1:], dtype=bool)
+    hi, lo = np.float32(mask_threshold + offset), np.float32(mask_threshold - offset)
+    counts = np.array([(np.count_nonzero(np.greater(m, hi, out=above)), np.count_nonzero(np.greater(m, lo, out=above)))
+                       for m in x], dtype=np.int64).reshape(-1, 2)
+    counts = torch.from_numpy(counts).to(torch.int32)
+    return counts[:, 0] / counts[:, 1]
+
+
+def _numpy_boxes_and_crops(masks: torch.Tensor, mask_threshold: float) -> tuple[torch.Tensor, list[_Packed]]:
+    """Stock's ``batched_mask_to_box`` of the binary masks, and each mask's packed tight crop."""
+    threshold = np.float32(mask_threshold)
+    boxes = np.zeros((len(masks), 4), dtype=np.int64)
+    crops = []
+    for i, m in enumerate(masks.numpy()):
+        binary = m > threshold
+        rows = np.flatnonzero(binary.any(axis=1))
+        if rows.size == 0:
+            crops.append(_EMPTY)
+            continue
+        cols = np.flatnonzero(binary.any(axis=0))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+        boxes[i] = (c0, r0, c1, r1)
+        crops.append(_Packed.pack(binary[r0:r1 + 1, c0:c1 + 1]))
+    return torch.from_numpy(boxes), crops
+
+
 def tight_crop(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """A mask's tight crop and inclusive box (shifted by the offsets); (0, 0) and (0, 0, 0, 0) if empty, as
     ``batched_mask_to_box`` gives."""
@@ -114,7 +187,11 @@ def tight_crop(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[
 
 def _component_sizes(labels: np.ndarray, n_labels: int) -> np.ndarray:
     """Pixel counts of labels 1..n-1 (stock's ``stats[1:, -1]``). cv2's statistics cost several times its
-    labelling, and torch's bincount is twice as fast as numpy's on an int32 image."""
+    labelling; torch's bincount is twice as fast as numpy's on an int32 image, but it reads the image three
+    times (minimum, maximum, counts), so a mask of a few components (the usual one) is counted label by
+    label instead, each in a fifteenth of the time."""
+    if n_labels <= 12:
+        return np.array([np.count_nonzero(labels == k) for k in range(1, n_labels)], dtype=np.int64)
     return torch.bincount(torch.from_numpy(labels).view(-1), minlength=n_labels).numpy()[1:]
 
 
@@ -151,10 +228,16 @@ def remove_small_regions_cropped(
     h, w = image_size
 
     def select(labels: np.ndarray, n_labels: int, chosen: np.ndarray | list[int]) -> np.ndarray:
-        """np.isin(labels, chosen), by table lookup: a few times faster on large windows."""
+        """np.isin(labels, chosen), by one comparison when a single label is chosen or left out (a mask is
+        mostly one big component with specks around it, and one big background), else by table lookup."""
         table = np.zeros(n_labels, dtype=bool)
         table[chosen] = True
-        return table[labels]
+        chosen = np.flatnonzero(table)
+        if chosen.size == 1:
+            return labels == chosen[0]
+        if chosen.size == n_labels - 1:
+            return labels != np.flatnonzero(~table)[0]
+        return np.take(table, labels)
 
     def fallback() -> tuple[np.ndarray, tuple[int, int, int, int], bool]:
         full = np.zeros((h, w), dtype=bool)
@@ -167,7 +250,7 @@ def remove_small_regions_cropped(
     if crop.size == 0:
         return fallback()
     if mode == "islands":
-        n_labels, labels = cv2.connectedComponents(crop.astype(np.uint8), connectivity=8)
+        n_labels, labels = cv2.connectedComponents(np.ascontiguousarray(crop).view(np.uint8), connectivity=8)
         sizes = _component_sizes(labels, n_labels)
         small = sizes < area_thresh
         if not small.any():
@@ -183,8 +266,11 @@ def remove_small_regions_cropped(
         return fallback()  # the box spans the image one way: the background outside it is in two parts
     top, left, bottom, right = int(y0 > 0), int(x0 > 0), int(y1 < h - 1), int(x1 < w - 1)
     ch, cw = crop.shape
-    window = np.ones((ch + top + bottom, cw + left + right), dtype=np.uint8)  # margin: background
-    window[top:top + ch, left:left + cw] = ~crop
+    if top or left or bottom or right:
+        window = np.ones((ch + top + bottom, cw + left + right), dtype=np.uint8)  # margin: background
+        window[top:top + ch, left:left + cw] = ~crop
+    else:
+        window = np.logical_not(crop).view(np.uint8)
     n_labels, labels = cv2.connectedComponents(window, connectivity=8)
     sizes = _component_sizes(labels, n_labels)
     if top or left:
@@ -377,33 +463,64 @@ class FastMaskGenerator:
         data.crop_boxes = torch.tensor([crop_box for _ in range(len(data))])
         return data
 
-    def _predict(self, points: np.ndarray, im_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mask logits, predicted IoUs and the point of each mask, as stock's ``_process_batch`` gets them."""
+    def _decode(self, points: np.ndarray, im_size: tuple[int, ...]) -> _Decoded:
+        """The prompt encoder and mask decoder exactly as the stock predictor calls them, stopping before
+        its upscaling, which ``_Decoded.upscale`` does later for the masks the IoU threshold keeps."""
+        predictor = self.predictor
         if self.family == "sam":
-            transformed_points = self.predictor.transform.apply_coords(points, im_size)
+            transformed_points = predictor.transform.apply_coords(points, im_size)
             if self.float32_points:
                 transformed_points = transformed_points.astype(np.float32)
-            in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
+            in_points = torch.as_tensor(transformed_points, device=predictor.device)
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-            with self._network():
-                masks, iou_preds, _ = self.predictor.predict_torch(
-                    in_points[:, None, :], in_labels[:, None], multimask_output=True, return_logits=True)
-            mask_points = torch.as_tensor(points.repeat(masks.shape[1], axis=0))
-            return masks.flatten(0, 1), iou_preds.flatten(0, 1), mask_points
+            model = predictor.model
+            with self._network():  # stock SamPredictor.predict_torch up to postprocess_masks
+                sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
+                                                     boxes=None, masks=None)
+                low_res, iou_preds = model.mask_decoder(
+                    image_embeddings=predictor.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            mask_points = torch.as_tensor(points.repeat(low_res.shape[1], axis=0))
 
-        transforms = self.predictor._transforms
-        points = torch.as_tensor(points, dtype=torch.float32, device=self.predictor.device)
+            def upscale(rows: torch.Tensor) -> torch.Tensor:
+                return model.postprocess_masks(rows, predictor.input_size, predictor.original_size)[:, 0]
+
+            return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale,
+                            model.image_encoder.img_size**2)
+
+        transforms = predictor._transforms
+        points = torch.as_tensor(points, dtype=torch.float32, device=predictor.device)
         in_points = transforms.transform_coords(points, normalize=True, orig_hw=im_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+        if self.use_m2m:
+            masks, iou_preds, mask_points = self._predict_m2m(points, in_points, in_labels, im_size)
+            return _Decoded(masks, iou_preds, mask_points, lambda rows: rows, 0)
+        model, features = predictor.model, predictor._features
+        with self._network():  # stock SAM2ImagePredictor._predict up to postprocess_masks (img_idx -1)
+            sparse, dense = model.sam_prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
+                                                     boxes=None, masks=None)
+            low_res, iou_preds, _, _ = model.sam_mask_decoder(
+                image_embeddings=features["image_embed"][-1].unsqueeze(0),
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                multimask_output=self.multimask_output, repeat_image=in_points.shape[0] > 1,
+                high_res_features=[level[-1].unsqueeze(0) for level in features["high_res_feats"]])
+        mask_points = points.repeat_interleave(low_res.shape[1], dim=0)
+
+        def upscale_sam2(rows: torch.Tensor) -> torch.Tensor:
+            return transforms.postprocess_masks(rows, predictor._orig_hw[-1])[:, 0]
+
+        return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale_sam2, 0)
+
+    def _predict_m2m(self, points: torch.Tensor, in_points: torch.Tensor, in_labels: torch.Tensor,
+                     im_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stock's refine_with_m2m: one more decoder pass per mask, prompted with its own low-res logits."""
+        transforms = self.predictor._transforms
         with self._network():
-            masks, iou_preds, low_res_masks = self.predictor._predict(
+            masks, _, low_res_masks = self.predictor._predict(
                 in_points[:, None, :], in_labels[:, None], multimask_output=self.multimask_output,
                 return_logits=True)
         mask_points = points.repeat_interleave(masks.shape[1], dim=0)
-        masks, iou_preds = masks.flatten(0, 1), iou_preds.flatten(0, 1)
-        if not self.use_m2m:
-            return masks, iou_preds, mask_points
-        # Stock's refine_with_m2m: one more decoder pass per mask, prompted with its own low-res logits.
         del masks
         low_res_masks = low_res_masks.flatten(0, 1)
         in_points = transforms.transform_coords(mask_points, normalize=True, orig_hw=im_size)
@@ -421,31 +538,56 @@ class FastMaskGenerator:
 
     def _process_batch(self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int],
                        orig_size: tuple[int, ...]) -> _Masks:
+        """Stock's ``_process_batch``, mask by mask: each mask's filters and box depend on it alone, so the
+        IoU threshold is applied before upscaling (stock upscales every mask, then drops most of them at
+        real weights' thresholds), and the rest is upscaled a few masks at a time. Stock's whole-batch
+        tensors (16 prompts x 3 masks at the full image size, 50-800 MB) are fresh pages on every batch
+        on a CPU: writing them cost more than computing them."""
         if self.before_batch is not None:
             self.before_batch()
+        decoded = self._decode(points, im_size)
+        mask_threshold = self.mask_threshold if self.family == "sam2" else self.predictor.model.mask_threshold
+        if self.pred_iou_thresh > 0.0:
+            decoded = decoded.select(decoded.iou_preds > self.pred_iou_thresh)
+        parts = [self._process_masks(decoded, rows, mask_threshold, crop_box, orig_size)
+                 for rows in decoded.chunks()] or [self._process_masks(decoded, slice(0, 0), mask_threshold,
+                                                                      crop_box, orig_size)]
+        kept = [part for part in parts if len(part)]
+        if not kept:  # stock's boxes are float32 only if no mask reached batched_mask_to_box, else int64
+            kept = [min(parts, key=lambda part: part.boxes.is_floating_point())]
+        return _Masks.cat(kept)  # an empty chunk's float32 boxes would otherwise promote the batch's
+
+    def _process_masks(self, decoded: _Decoded, rows: slice, mask_threshold: float, crop_box: list[int],
+                       orig_size: tuple[int, ...]) -> _Masks:
         orig_h, orig_w = orig_size
         amg = self._amg
-        mask_threshold = self.mask_threshold if self.family == "sam2" else self.predictor.model.mask_threshold
-        masks, iou_preds, mask_points = self._predict(points, im_size)
-
-        def keep_only(keep: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-            return [t[torch.as_tensor(keep, device=t.device)] for t in tensors]
-
-        if self.pred_iou_thresh > 0.0:
-            masks, iou_preds, mask_points = keep_only(iou_preds > self.pred_iou_thresh, masks, iou_preds, mask_points)
-        stability = amg.calculate_stability_score(masks, mask_threshold, self.stability_score_offset)
+        with self._network():
+            masks = decoded.upscale(decoded.masks[rows])
+        iou_preds, mask_points = decoded.iou_preds[rows], decoded.points[rows]
+        if _on_numpy(masks):
+            stability = _numpy_stability(masks, mask_threshold, self.stability_score_offset)
+        else:
+            stability = amg.calculate_stability_score(masks, mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
-            masks, iou_preds, mask_points, stability = keep_only(
-                stability >= self.stability_score_thresh, masks, iou_preds, mask_points, stability)
-
-        binary = masks > mask_threshold
+            keep = stability >= self.stability_score_thresh
+            masks, iou_preds, mask_points, stability = _keep_only(keep, masks, iou_preds, mask_points, stability)
+        if _on_numpy(masks):
+            boxes, crops = _numpy_boxes_and_crops(masks, mask_threshold)
+        else:
+            binary = masks > mask_threshold
+            boxes = amg.batched_mask_to_box(binary)
+            crops = None
         del masks
-        boxes = amg.batched_mask_to_box(binary)
         keep = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
         if not torch.all(keep):
-            binary, boxes, iou_preds, mask_points, stability = keep_only(
-                keep, binary, boxes, iou_preds, mask_points, stability)
-        return _Masks(boxes, iou_preds, mask_points, stability, None, _pack_crops(binary, boxes))
+            boxes, iou_preds, mask_points, stability = _keep_only(keep, boxes, iou_preds, mask_points, stability)
+            if crops is None:
+                (binary,) = _keep_only(keep, binary)
+            else:
+                crops = [crops[i] for i in keep.nonzero().flatten().tolist()]
+        if crops is None:
+            crops = _pack_crops(binary, boxes)
+        return _Masks(boxes, iou_preds, mask_points, stability, None, crops)
 
     def _mask_set(self, data: _Masks, image_size: tuple[int, ...]) -> MaskSet:
         def to_numpy(t: torch.Tensor) -> np.ndarray:  # stock's MaskData.to_numpy (SAM 2's casts to float)
