@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from deop.bench.measure import Bench, synthetic_image, synthetic_proposals
+from deop.bench.measure import Bench, forced_options, synthetic_image, synthetic_proposals
 from deop.bench.report import evaluate_targets, format_table, targets_record, write_json, write_plot
+from deop.presets import PRESETS
+from deop.vocabulary import Vocabulary
 
 REQUIRED = {"kind", "method", "n_masks", "image_size", "seconds_median", "seconds_min", "seconds_max", "device",
             "torch_threads", "clip_model", "sam_model", "peak_rss_mb"}
@@ -179,7 +181,10 @@ def test_click_and_variant_costs_are_measured(segmenter):
     clicks = [r.to_dict() for r in bench.clicks([("tiny", 256)], n=3, image=synthetic_image(160))]
     assert [(r["kind"], r["sam_model"], r["repeats"]) for r in clicks] == [("click", "tiny", 3)]
     assert 0 < clicks[0]["seconds_median"] < 30
-    variants = [r.to_dict() for r in bench.variants(image=synthetic_image(160))]
+    variants = [r.to_dict() for r in bench.variants(image=synthetic_image(160), masks=5)]
     assert [r["method"] for r in variants] == ["deop", "maskclip", "sclip", "clearclip", "naclip", "none",
                                                "all cached"]
+    forced = segmenter.segment(synthetic_image(160), Vocabulary.from_names(PRESETS["ade20k"][:20]), "one-pass",
+                               options=forced_options(segmenter, 5)).methods["one-pass"]
+    assert all(r["forced_masks"] == 5 and r["n_masks"] == len(forced.segments) for r in variants[:-1])
     assert all(r["seconds_median"] > 0 for r in variants) and "dense pass reused" in format_table(variants)

@@ -151,6 +151,14 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.d
     return times
 
 
+def forced_options(seg: Segmenter, masks: int, **overrides: Any) -> Any:
+    """The fast preset with about `masks` segments on any weights: thresholds 0, NMS off, at most `masks`
+    masks (a random SAM keeps about one at the real thresholds), as ``bench-app --masks`` asks the app."""
+    return seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"], pred_iou_thresh=0.0,
+                                             stability_score_thresh=0.0, box_nms_thresh=1.0, max_masks=masks,
+                                             **overrides)
+
+
 @dataclass
 class Bench:
     """What every measurement shares: the segmenter (models), repeats and a progress callback."""
@@ -328,9 +336,7 @@ class Bench:
         for kind, size in candidates:
             seg = self.segmenter if kind == self.segmenter.config.sam_kind else self.segmenter.with_proposal_model(kind)
             seg.text_cache.vocabulary(seg.clip, vocab, seg.config.options.templates)
-            opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"], sam_input_size=size,
-                                                     pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                                     box_nms_thresh=1.0, max_masks=masks)
+            opts = forced_options(seg, masks, sam_input_size=size)
             for i, method in enumerate(methods):
                 results = []
 
@@ -379,22 +385,22 @@ class Bench:
             self.advance(f"clicks {kind}@{size}")
         return out
 
-    def variants(self, image: np.ndarray | None = None) -> list[BenchRecord]:
-        """The compare view's cost: each severance variant's dense pass on the shared proposals (its first
-        look), then the whole view again from the caches."""
+    def variants(self, image: np.ndarray | None = None, masks: int = 30) -> list[BenchRecord]:
+        """The compare view's cost at about `masks` segments: each severance variant's dense pass on the
+        shared proposals (its first look), then the whole view again from the caches."""
         from ..explore import compare_variants
 
         name = "coffee.jpg" if image is None else "given"
         image = photo_image(640) if image is None else image
         seg = self.segmenter
         vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
-        opts = seg.config.options.with_overrides(proposals=PROPOSAL_PRESETS["fast"])
+        opts = forced_options(seg, masks)
         seg.segment(image, vocab, "one-pass", options=opts)
         out = []
         for run in compare_variants(seg, image, vocab, opts):
             out.append(self.record("variants", run.variant, len(run.method.segments), max(image.shape[:2]),
                                    [run.clip_seconds], image=name, reused=run.reused,
-                                   clip_size=opts.clip_size))
+                                   clip_size=opts.clip_size, forced_masks=masks))
         again = time_calls(lambda: list(compare_variants(seg, image, vocab, opts)), 1, 0, seg.device)
         out.append(self.record("variants", "all cached", None, max(image.shape[:2]), again, image=name))
         self.advance("compare variants")
@@ -441,7 +447,7 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
         records += bench.at_forced_masks(p["candidates"], p["forced_masks"], p["e2e_methods"])
     if p.get("click_models"):
         records += bench.clicks(p["click_models"])
-        records += bench.variants()
+        records += bench.variants(masks=p["forced_masks"])
     if p.get("backends"):  # after the memory record too: the target counts the default models only
         records += bench.backends(p["backends"], p["e2e"])
     flat = [r.to_dict() for r in records]
