@@ -131,3 +131,17 @@ def test_all_islands_small_keeps_the_one_stock_keeps():
     crop, box = tight_crop(mask)
     out, out_box, changed = remove_small_regions_cropped(crop, box, mask.shape, 10, "islands")
     assert changed and np.array_equal(_full(out, out_box, mask.shape), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32])
+def test_a_crop_of_another_dtype_is_read_as_a_mask(dtype):
+    """Not only bool crops: an int64 crop was once reinterpreted byte by byte (8 columns a pixel)."""
+    mask = np.zeros((20, 24), dtype=bool)
+    mask[4:12, 5:15] = True
+    mask[7, 8] = False  # a hole
+    mask[16, 20] = True  # an island
+    crop, box = tight_crop(mask)
+    for mode in ("holes", "islands"):
+        expected, changed = remove_small_regions(mask, 5, mode)
+        got, got_box, got_changed = remove_small_regions_cropped(crop.astype(dtype), box, mask.shape, 5, mode)
+        assert np.array_equal(_full(got, got_box, mask.shape), expected) and got_changed == changed

@@ -246,11 +246,12 @@ def remove_small_regions_cropped(
         mask, changed = full_image(full, area_thresh, mode)
         return (*tight_crop(np.asarray(mask, dtype=bool)), bool(changed))
 
+    crop = np.ascontiguousarray(crop, dtype=bool)  # viewed as uint8 below
     x0, y0, x1, y1 = (int(v) for v in box)
     if crop.size == 0:
         return fallback()
     if mode == "islands":
-        n_labels, labels = cv2.connectedComponents(np.ascontiguousarray(crop).view(np.uint8), connectivity=8)
+        n_labels, labels = cv2.connectedComponents(crop.view(np.uint8), connectivity=8)
         sizes = _component_sizes(labels, n_labels)
         small = sizes < area_thresh
         if not small.any():
@@ -485,8 +486,9 @@ class FastMaskGenerator:
             def upscale(rows: torch.Tensor) -> torch.Tensor:
                 return model.postprocess_masks(rows, predictor.input_size, predictor.original_size)[:, 0]
 
+            h, w = predictor.original_size
             return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale,
-                            model.image_encoder.img_size**2)
+                            max(model.image_encoder.img_size**2, h * w))
 
         transforms = predictor._transforms
         points = torch.as_tensor(points, dtype=torch.float32, device=predictor.device)
@@ -510,7 +512,8 @@ class FastMaskGenerator:
         def upscale_sam2(rows: torch.Tensor) -> torch.Tensor:
             return transforms.postprocess_masks(rows, predictor._orig_hw[-1])[:, 0]
 
-        return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale_sam2, 0)
+        h, w = predictor._orig_hw[-1]
+        return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale_sam2, h * w)
 
     def _predict_m2m(self, points: torch.Tensor, in_points: torch.Tensor, in_labels: torch.Tensor,
                      im_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -561,8 +564,14 @@ class FastMaskGenerator:
                        orig_size: tuple[int, ...]) -> _Masks:
         orig_h, orig_w = orig_size
         amg = self._amg
-        with self._network():
-            masks = decoded.upscale(decoded.masks[rows])
+        masks = decoded.masks[rows]
+        if len(masks) == 0 and decoded.plane_pixels:
+            # None passed the IoU threshold (the usual batch at real weights): stock's filters of no masks,
+            # without upscaling an empty batch, which stock never does and not every device's kernel takes.
+            masks = masks.new_zeros((0, 1, 1), dtype=torch.float32 if self.family == "sam2" else masks.dtype)
+        else:
+            with self._network():
+                masks = decoded.upscale(masks)
         iou_preds, mask_points = decoded.iou_preds[rows], decoded.points[rows]
         if _on_numpy(masks):
             stability = _numpy_stability(masks, mask_threshold, self.stability_score_offset)
