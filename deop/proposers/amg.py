@@ -161,15 +161,8 @@ def _numpy_boxes_and_crops(masks: torch.Tensor, mask_threshold: float) -> tuple[
     boxes = np.zeros((len(masks), 4), dtype=np.int64)
     crops = []
     for i, m in enumerate(masks.numpy()):
-        binary = m > threshold
-        rows = np.flatnonzero(binary.any(axis=1))
-        if rows.size == 0:
-            crops.append(_EMPTY)
-            continue
-        cols = np.flatnonzero(binary.any(axis=0))
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-        boxes[i] = (c0, r0, c1, r1)
-        crops.append(_Packed.pack(binary[r0:r1 + 1, c0:c1 + 1]))
+        crop, boxes[i] = tight_crop(m > threshold)  # (0, 0, 0, 0) for an empty mask, as stock's
+        crops.append(_Packed.pack(crop) if crop.size else _EMPTY)
     return torch.from_numpy(boxes), crops
 
 
