@@ -353,6 +353,11 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         """A probe or callback for the computation, or None where it would have to cross into a ZeroGPU worker."""
         return None if zero_gpu else fn
 
+    def client_gone() -> Callable[[], bool] | None:
+        """This request's probe for its client having left (read while the request runs), made local."""
+        alive = client_alive(demo)
+        return local(lambda: not alive())
+
     results = folder / "results"
     uploads = Path(gr.utils.get_upload_folder())
     ours = uploads.resolve().is_relative_to(folder.resolve())
@@ -401,7 +406,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         """The request, streamed: the first method's answer, then each further one; the session keeps the
         last (its token in the browser's state). With the session's `view` (a cached re-run), its working
         image is used instead of the upload, and the segments added by clicks are kept, relabelled."""
-        alive = client_alive(demo)
+        gone = client_gone()
         v = checked(values)
         if values["image"] is None:
             raise gr.Error(NO_IMAGE)
@@ -429,7 +434,7 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         added = None  # the kept segments relabelled, once: every streamed result has the same vocabulary
         try:
             for result in stream_on_gpu(v["proposal_model"], work, vocabulary, v["method"], opts, input_size,
-                                        progress=local(report), cancelled=local(lambda: not alive())):
+                                        progress=local(report), cancelled=gone):
                 views = ui.segment_views(work, result, results)
                 if added is None:
                     added = relabel_on_gpu(v["proposal_model"], work, vocabulary, kept, opts) if kept else []
@@ -542,9 +547,8 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
         _, opts = request_settings(view.request)
         refine = mode == CLICK_MODES[2]
         points = [*added[-1].points, (x, y, False)] if refine else [(x, y, True)]
-        alive = client_alive(demo)
         new = add_on_gpu(view.request["proposal_model"], view.image, view.request["vocabulary"], points, opts,
-                         added[-1] if refine else None, cancelled=local(lambda: not alive()))
+                         added[-1] if refine else None, cancelled=client_gone())
         if refine:
             added[-1] = new
         else:
@@ -574,9 +578,9 @@ def build_app(config: SegmenterConfig, time_limit: float | None = 300.0, queue_s
             return
         loader.ready.wait()
         _, opts = request_settings(view.request)
-        runs, alive = [], client_alive(demo)
+        runs = []
         for run in compare_on_gpu(view.request["proposal_model"], view.image, view.request["vocabulary"], opts,
-                                  view.result.image_size, cancelled=local(lambda: not alive())):
+                                  view.result.image_size, cancelled=client_gone()):
             runs.append(run)
             gallery, table = ui.variant_views(view.image, runs, view.result.classes)
             yield [gallery, table]
