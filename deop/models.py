@@ -93,6 +93,17 @@ class ModelCache:
             return Proposer(spec, full)
         return Proposer(spec, self.get((*key, size), lambda: spec.family.at_input_size(full, size)))
 
+    def trained(self, device: torch.device, random_weights: bool = False, checkpoint: str | None = None,
+                checkpoint_dir: str | Path | None = None, download: bool = True) -> Any:
+        """The paper's trained classifier (``deop.trained``: learned prompts, CLIP with learned positions,
+        CAL) on `device`, from the released checkpoint or seeded random weights."""
+        from .trained.run import load_classifier
+
+        key = ("deop-trained", random_weights, str(device), None if random_weights else str(checkpoint),
+               None if random_weights else str(checkpoint_dir))
+        return self.get(key, lambda: load_classifier(device, random_weights, checkpoint,
+                                                     str(checkpoint_dir) if checkpoint_dir else None, download))
+
     def clear(self) -> None:
         with self._lock:
             self._models.clear()

@@ -32,8 +32,6 @@ from .clip_vision import LearnedPositions, encode_masked
 
 LOGIT_SCALE = 100.0
 CLIP_NAME = "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16 needs open_clip's QuickGELU config
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the model's input normalisation (detectron2's PIXEL_MEAN / 255)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # detectron2's names in model_final.pth -> ours, as (official prefix, our prefix); a key takes the longest
 # matching prefix. Source: the official module tree (see this package's modules and the report).
@@ -174,28 +172,17 @@ def label_map(scores: torch.Tensor, shape: tuple[int, int], chunk: int = 16) -> 
     return label.cpu().numpy().astype(np.int32)
 
 
-def model_input(image: np.ndarray, size: tuple[int, int], divisor: int, device: torch.device) -> torch.Tensor:
-    """[1, 3, H', W'] the image resized to `size` (bilinear), ImageNet-normalised, zero-padded (the mean colour
-    once normalised, as detectron2's ``ImageList`` pads) to multiples of `divisor`."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
-    x = (x - mean) / std
-    h, w = size
-    ph, pw = -(-h // divisor) * divisor, -(-w // divisor) * divisor
-    return F.pad(x, (0, pw - w, 0, ph - h))
-
-
 @dataclass
 class TrainedEncoding:
-    """The trained method's image stage for one image and its proposals. features: [gh, gw, D] normalised
+    """The trained method's image stage for one image and its proposals; features: [gh, gw, D] normalised
     mask-guided CLIP features; anchors: [Q, D] CAL's normalised outputs; seconds: CLIP's and CAL's."""
 
     features: torch.Tensor
     anchors: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
+    none: torch.Tensor | None = None  # the normalised no-object embedding
+    size: tuple[int, int] = (0, 0)  # the resized image inside the model input
+    padded: tuple[int, int] = (0, 0)  # the model input
 
 
 @dataclass
@@ -247,3 +234,31 @@ class TrainedClassifier:
             synchronize(self.device)
             seconds = {"clip": t1 - t0, "cal": time.perf_counter() - t1}
         return TrainedEncoding(features, anchors, seconds)
+
+
+def build_classifier(device: torch.device, random_weights: bool = False, state: dict[str, torch.Tensor] | None = None,
+                     weights: str = "random") -> TrainedClassifier:
+    """The head on `device`: seeded random weights, or the head's keys of a checkpoint's `state` (official
+    names; loaded strictly, see ``DeopHead.load_official``), whose SHA-256 is `weights`."""
+    import warnings
+
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from ..clip.model import ClipModel
+    from ..weights import seeded_init
+
+    tokenizer = open_clip.get_tokenizer(CLIP_NAME)
+    with warnings.catch_warnings(), seeded_init():
+        warnings.simplefilter("ignore")
+        clip_model = open_clip.create_model(CLIP_NAME, pretrained=None)
+        head = DeopHead(clip_model)
+    head.prompts.init_signals(clip_model, tokenizer)
+    if not random_weights:
+        if state is None:
+            raise ValueError("the trained model needs its checkpoint's state (or random weights)")
+        head.load_official(state)
+    head.eval().requires_grad_(False).to(device)
+    view = ClipModel(head.clip, tokenizer, "deop-trained", None if random_weights else f"model_final:{weights[:12]}",
+                     device, 224, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+    return TrainedClassifier(head, tokenizer, device, "random" if random_weights else weights, view)
