@@ -104,7 +104,7 @@ class Segmenter:
         """The proposal model with its encoder run at `input_size` (weights shared with the full model)."""
         c = self.config
         return self.models.proposer(c.proposal_model, self.device, c.random_weights, c.checkpoint_dir, c.download,
-                                    input_size)
+                                    input_size, c.deop_checkpoint if c.trained else None)
 
     def with_proposal_model(self, sam_kind: str) -> Segmenter:
         """A Segmenter that differs only in its proposal model, sharing this one's model cache and text

@@ -17,7 +17,6 @@ from deop.trained.cal import Cal, proposal_masks, sine_position
 from deop.trained.clip_vision import encode_masked, mask_scale, severed_block
 from deop.trained.model import (
     DeopHead,
-    build_classifier,
     class_probabilities,
     image_masks,
     label_map,
@@ -32,7 +31,9 @@ HEAD_PARTS = ("clip_adapter.", "decoder.", "query_embedding.")
 
 @pytest.fixture(scope="module")
 def classifier():
-    return build_classifier(torch.device("cpu"), random_weights=True)
+    from deop.models import MODELS
+
+    return MODELS.trained(torch.device("cpu"), random_weights=True)  # shared with the pipeline's tests
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,6 @@ KEY_MAP: tuple[tuple[str, str], ...] = (
     ("decoder.outlayer.norm1.", "cal.out.norm."),
     ("decoder.outlayer.", "cal.out."),
 )
-# The top-level parts of the checkpoint these keys come from (PART A's split_state groups by them).
-PARTS = ("clip_adapter", "decoder", "query_embedding")
 
 
 def _longest(key: str, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
@@ -77,6 +75,24 @@ def to_official(key: str) -> str:
     if pair is None:
         raise KeyError(f"no official name for {key!r}")
     return pair[1] + key[len(pair[0]):]
+
+
+def _register_parts() -> None:
+    """Plug the head's renaming into the checkpoint's part registry (``deop.trained.keymap``), so that
+    ``part_state(state, "clip" | "prompt" | "cal")`` gives our names."""
+    from .keymap import PARTS, register_part
+
+    def rename(key: str) -> str:
+        mine = to_ours(key)
+        if mine is None:
+            raise KeyError(f"no rename rule for {key!r}")
+        return mine
+
+    for name in ("clip", "prompt", "cal"):
+        register_part(name, PARTS[name].prefixes, rename)
+
+
+_register_parts()
 
 
 class DeopHead(nn.Module):
@@ -192,14 +208,14 @@ class TrainedClassifier:
     head: DeopHead
     tokenizer: Any
     device: torch.device
-    weights: str  # "random" or the checkpoint's SHA-256
+    weights: str  # "random" or the checkpoint's name
     clip_view: Any = None  # a deop.clip.model.ClipModel of the same CLIP, for the crop baseline
     _text: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def key(self) -> str:
-        return f"deop-trained/{self.weights[:16]}/{self.device}"
+        return f"deop-trained/{self.weights}/{self.device}"
 
     def names(self, names: list[str], max_entries: int = 20000) -> torch.Tensor:
         """[N, D] normalised learned-prompt embeddings, each name encoded once."""
@@ -239,7 +255,7 @@ class TrainedClassifier:
 def build_classifier(device: torch.device, random_weights: bool = False, state: dict[str, torch.Tensor] | None = None,
                      weights: str = "random") -> TrainedClassifier:
     """The head on `device`: seeded random weights, or the head's keys of a checkpoint's `state` (official
-    names; loaded strictly, see ``DeopHead.load_official``), whose SHA-256 is `weights`."""
+    names; loaded strictly, see ``DeopHead.load_official``), named `weights`."""
     import warnings
 
     import open_clip
@@ -259,6 +275,6 @@ def build_classifier(device: torch.device, random_weights: bool = False, state: 
             raise ValueError("the trained model needs its checkpoint's state (or random weights)")
         head.load_official(state)
     head.eval().requires_grad_(False).to(device)
-    view = ClipModel(head.clip, tokenizer, "deop-trained", None if random_weights else f"model_final:{weights[:12]}",
+    view = ClipModel(head.clip, tokenizer, "deop-trained", None if random_weights else weights,
                      device, 224, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
     return TrainedClassifier(head, tokenizer, device, "random" if random_weights else weights, view)

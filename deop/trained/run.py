@@ -81,7 +81,9 @@ def load_classifier(device: torch.device, random_weights: bool, checkpoint: str 
 
     if random_weights:
         return build_classifier(device, True)
-    from . import checkpoint as ckpt
+    from pathlib import Path
 
-    state, sha = ckpt.load_model_state(checkpoint, checkpoint_dir, download)
-    return build_classifier(device, False, state, sha)
+    from .checkpoint import load_trained_state
+
+    state = load_trained_state(checkpoint, Path(checkpoint_dir) if checkpoint_dir else None, download)
+    return build_classifier(device, False, state, Path(checkpoint).name if checkpoint else "model_final")
