@@ -126,3 +126,18 @@ def test_cli_segments_with_the_trained_model(small_generator, image, tmp_path, m
     assert main(["segment", str(path), "--classes", "cat", "--random-weights", "--device", "cpu", "--method",
                  "dense", "--out", str(tmp_path / "out2")]) == 1  # the environment picks the model; dense refused
     assert "method 'dense' is not available with the deop-trained model" in capsys.readouterr().err
+
+
+def test_bench_writes_the_trained_record(small_generator, tmp_path, capsys):
+    """The bench's trained record, at a 64 px generator input and 3 crops (each a 224 px CLIP pass)."""
+    from deop.commands import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "deop-trained", "--random-weights", "--device", "cpu", "--repeats", "1",
+                 "--n-masks", "3", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["kind"] == "trained" and record["n_crops"] == 3 and record["n_queries"] == 100
+    s = record["seconds"]
+    assert abs(record["one_pass_seconds"] - (s["generator"] + s["clip"] + s["cal"] + s["combination"])) < 1e-3
+    assert abs(record["crop_seconds"] - (s["generator"] + s["crops"] + s["scoring"])) < 1e-3
+    assert record["paper"]["ratio"] == 3.9 and "3.9x" in capsys.readouterr().out
