@@ -282,7 +282,8 @@ class Segmenter:
         h, w = request.work.shape[:2]
         return {
             "method": method, "device": str(self.device), "clip_model": c.clip_model,
-            "clip_pretrained": None if c.random_weights else c.clip_pretrained, "sam_kind": c.proposal_model,
+            "clip_pretrained": None if c.random_weights else "deop model_final" if c.trained else c.clip_pretrained,
+            "sam_kind": c.proposal_model,
             "model": c.model, "deop_checkpoint": c.deop_checkpoint if c.trained else None,
             "random_weights": c.random_weights, "torch_threads": torch.get_num_threads(),
             "working_size": {"height": h, "width": w}, "options": asdict(request.options),
