@@ -21,8 +21,6 @@ from deop.proposers.base import MaskSet, ProposerFamily, ProposerSpec
 from deop.proposers.deop_trained import binarise
 from deop.trained import keymap
 from deop.trained.generator import (
-    PIXEL_MEAN,
-    PIXEL_STD,
     QueryMasks,
     preprocess,
     resized_shape,
@@ -30,6 +28,9 @@ from deop.trained.generator import (
 )
 
 SPEC = get_proposer("deop-trained")
+# PIXEL_MEAN and PIXEL_STD of the official Base-COCOStuff164K-171.yaml: ImageNet's, on RGB 0-255
+IMAGENET_MEAN = np.array([123.675, 116.280, 103.530])
+IMAGENET_STD = np.array([58.395, 57.120, 57.375])
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def test_the_test_resize_is_detectron2s_formula():
             nh, nw = nh * Fraction(longest) / max(nh, nw), nw * Fraction(longest) / max(nh, nw)
         return math.floor(nh + Fraction(1, 2)), math.floor(nw + Fraction(1, 2))
 
-    for h, w in ((300, 400), (400, 300), (480, 640), (333, 777), (512, 512), (100, 1000), (1000, 100), (7, 3)):
+    for h, w in ((300, 400), (400, 300), (480, 640), (333, 777), (512, 512), (100, 1000), (1000, 100), (7, 3),
+                 (1024, 1025), (1025, 1024)):  # the last two land on 512.5: half rounds up
         assert resized_shape(h, w) == expected(h, w, 512, 2560), (h, w)
     assert resized_shape(300, 400) == (512, 683)
     assert resized_shape(100, 1000) == (256, 2560)  # the long side caps it
@@ -71,7 +73,7 @@ def test_preprocess_normalises_with_imagenet_statistics_and_zero_pads_to_32():
     image = photo(50, 70)
     pixels, resized = preprocess(image, short_side=50)
     assert resized == (50, 70) and pixels.shape == (1, 3, 64, 96)
-    expected = (image.astype(np.float64) - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)
+    expected = (image.astype(np.float64) - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(pixels[0, :, :50, :70].permute(1, 2, 0).numpy(), expected, rtol=1e-6, atol=1e-5)
     assert not pixels[0, :, 50:, :].any() and not pixels[0, :, :, 70:].any()  # zeros after normalising
     assert abs(float(pixels[0, 0, 0, 0]) * 58.395 + 123.675 - image[0, 0, 0]) < 1e-3
@@ -82,7 +84,7 @@ def test_preprocess_resizes_with_pil_bilinear_to_the_short_side():
     pixels, resized = preprocess(image, short_side=40, max_size=2560)
     assert resized == (40, 60) and pixels.shape[-2:] == (64, 64)
     ref = np.asarray(Image.fromarray(image).resize((60, 40), Image.BILINEAR)).astype(np.float64)
-    expected = (ref - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)
+    expected = (ref - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(pixels[0, :, :40, :60].permute(1, 2, 0).numpy(), expected, rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match="RGB uint8"):
         preprocess(image.astype(np.float32))
