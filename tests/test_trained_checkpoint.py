@@ -159,6 +159,8 @@ def test_the_conversion_round_trips_and_is_read_the_second_time(tmp_path, monkey
     monkeypatch.setattr(torch, "load", no_pickle)
     second = checkpoint.load_trained_state(source, cache, download=False)
     assert all(torch.equal(second[k], reference[k]) for k in reference)
+    prompt = checkpoint.load_trained_state(source, cache, download=False, parts=("prompt",))
+    assert sorted(prompt) == sorted(k for k in reference if k.startswith("clip_adapter."))
     assert capsys.readouterr().err == ""  # no second hash, no second conversion
     monkeypatch.undo()
     monkeypatch.setattr(checkpoint, "expected_keys", small_parts)
@@ -169,13 +171,20 @@ def test_the_conversion_round_trips_and_is_read_the_second_time(tmp_path, monkey
     assert torch.equal(third["query_embedding.weight"], real_state(2)["query_embedding.weight"])
 
 
-def test_a_damaged_conversion_says_how_to_rebuild_it(tmp_path, monkeypatch):
+def test_a_damaged_or_foreign_conversion_is_refused(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
     monkeypatch.setattr(checkpoint, "expected_keys", small_parts)
     cache = tmp_path / "checkpoints"
     cache.mkdir()
     (cache / checkpoint.CONVERTED).write_bytes(b"\x00" * 64)
     with pytest.raises(WeightsError, match="damaged.*delete it"):
         checkpoint.load_trained_state(None, cache, download=False)
+    state = dict(real_state(4))
+    state["query_embedding.weight"] = torch.zeros(100, 256)
+    save_file(state, str(cache / checkpoint.CONVERTED))
+    with pytest.raises(WeightsError, match=re.escape("query_embedding.weight is [100, 256], expected [100, 512]")):
+        checkpoint.load_trained_state(None, cache, download=False, parts=("prompt",))
 
 
 def test_the_download_lands_whole_or_not_at_all(tmp_path, monkeypatch):

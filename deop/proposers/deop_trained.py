@@ -53,7 +53,7 @@ class DeopTrainedFamily(ProposerFamily):
             from ..trained.checkpoint import load_trained_state
             from ..trained.keymap import part_state
 
-            state = load_trained_state(checkpoint, checkpoint_dir, download)
+            state = load_trained_state(checkpoint, checkpoint_dir, download, parts=("generator",))
             model.load_state_dict(part_state(state, "generator"))  # shapes and names were checked strictly
         return model.eval().requires_grad_(False)
 
