@@ -294,6 +294,14 @@ def test_a_click_on_the_trained_generators_proposals_is_a_clear_error(once):
         proposer.point_mask(proposals, [(5.0, 5.0, True)])
 
 
+def test_random_weights_are_the_same_on_every_build_and_leave_the_callers_rng_alone(generator):
+    before = torch.random.get_rng_state()
+    again = SPEC.family.build(SPEC, True, None, False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for name in ("backbone.res4.7.conv2.weight", "predictor.query_embed.weight", "pixel_decoder.layer_4.weight"):
+        assert torch.equal(again.state_dict()[name], generator.state_dict()[name])
+
+
 def test_it_runs_at_its_test_size_only(generator):
     assert SPEC.input_size_for(1024) == 512 and SPEC.family.input_size(generator) == 512
     assert SPEC.family.at_input_size(generator, 512) is generator
