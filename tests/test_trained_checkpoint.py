@@ -46,12 +46,15 @@ def released(tmp_path_factory) -> Path:
     return write(tmp_path_factory.mktemp("released") / "model_final.pth", synthetic_state())
 
 
-def test_a_checkpoint_in_the_released_form_loads_strictly(released):
+def test_a_checkpoint_in_the_released_form_loads_strictly(released, tmp_path):
     state = checkpoint.read_checkpoint(released)
     expected = keymap.expected_keys()
     assert list(state) == list(expected)
     assert all(tuple(state[k].shape) == shape for k, shape in expected.items())
     assert float(state["query_embedding.weight"][3, 7]) == float(synthetic_state()["query_embedding.weight"][0, 0])
+    legacy = tmp_path / "legacy.pth"  # torch's pre-1.6 format cannot be memory-mapped: read the plain way
+    torch.save({"model": synthetic_state()}, legacy, _use_new_zipfile_serialization=False)
+    assert list(checkpoint.read_checkpoint(legacy)) == list(expected)
 
 
 @pytest.mark.parametrize("change, named", [

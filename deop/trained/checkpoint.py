@@ -88,7 +88,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the 875 MB are paged in as they are checked and converted, not held twice
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # a pre-1.6 (non-zip) file
     except Exception as exc:  # every failure of the restricted loader is a bad file to the user
         reason = _short_reason(exc)
         if "global" in str(exc).lower():
