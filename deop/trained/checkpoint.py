@@ -229,7 +229,8 @@ def load_trained_state(path: str | os.PathLike | None = None, checkpoint_dir: Pa
     ``--deop-checkpoint`` setting); else ``deop_model_final.pth`` in the checkpoint folder, downloaded if
     missing and `download`. The first load converts it to ``deop_model_final.safetensors`` beside the
     other weights; later loads read that, only the tensors of `parts` (``keymap.PARTS`` names) if given,
-    so that each module holds only its own part in memory while loading."""
+    so that each module holds only its own part in memory while loading. On the first load the tensors are
+    memory-mapped from the pickle: copy them into modules (``load_state_dict`` does), do not keep them."""
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
     converted = folder / CONVERTED
     source = Path(path).expanduser() if path else folder / FILENAME
