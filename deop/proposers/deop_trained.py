@@ -53,7 +53,7 @@ class DeopTrainedFamily(ProposerFamily):
             from ..trained.checkpoint import load_trained_state
             from ..trained.keymap import part_state
 
-            state = load_trained_state(checkpoint, checkpoint_dir, download)
+            state = load_trained_state(checkpoint, checkpoint_dir, download, parts=("generator",))
             model.load_state_dict(part_state(state, "generator"))  # shapes and names were checked strictly
         return model.eval().requires_grad_(False)
 
@@ -115,8 +115,10 @@ def binarise(queries: Any, threshold: float = MASK_THRESHOLD) -> MaskSet:
 DEOP_TRAINED = DeopTrainedFamily()
 
 SPECS = (
+    # weights=None: not a Checkpoint/HubCheckpoint (those need a direct URL and a published checksum); the
+    # family's build reads the released file through deop.trained.checkpoint instead.
     ProposerSpec("deop-trained", "DeOP's trained generator (MaskFormer R101c, 100 queries)", DEOP_TRAINED,
-                 {"checkpoint": "model_final.pth"}, None, in_app=True, fixed_input_size=512,
+                 {}, None, in_app=True, fixed_input_size=512,
                  description="the mask generator DeOP was trained and evaluated with (MaskFormer, ResNet-101c, "
                              "100 learned queries; weights from the authors' model_final.pth)"),
 )

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import MissingPackageError, WeightsError
 from ..weights import RANDOM_WEIGHTS_HINT, _short_reason, default_checkpoint_dir, sha256_of
-from .keymap import expected_keys
+from .keymap import expected_keys, part_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: the 875 MB are paged in as they are checked and converted, not held twice
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # a pre-1.6 (non-zip) file
     except Exception as exc:  # every failure of the restricted loader is a bad file to the user
         reason = _short_reason(exc)
         if "global" in str(exc).lower():
@@ -121,15 +126,20 @@ def check_state(state: Mapping[str, Any], source: str) -> None:
     missing key beside an unexpected one of the same shape is reported as a likely rename)."""
     import torch
 
+    check_shapes({k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}, source)
+
+
+def check_shapes(found: Mapping[str, tuple[int, ...] | None], source: str) -> None:
+    """``check_state`` on names and shapes alone (None: not a tensor), e.g. read from a safetensors header."""
     expected = expected_keys()
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and k not in not_tensors]
-    shapes = [f"{k} is {list(state[k].shape)}, expected {list(expected[k])}"
-              for k in expected if k in state and k not in not_tensors and tuple(state[k].shape) != expected[k]]
+    not_tensors = [k for k, v in found.items() if v is None]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected and k not in not_tensors]
+    shapes = [f"{k} is {list(found[k])}, expected {list(expected[k])}"
+              for k in expected if k in found and k not in not_tensors and tuple(found[k]) != expected[k]]
     renamed, left = [], list(unexpected)
     for k in list(missing):
-        match = next((u for u in left if tuple(state[u].shape) == expected[k]
+        match = next((u for u in left if tuple(found[u]) == expected[k]
                       and u.rsplit(".", 1)[-1] == k.rsplit(".", 1)[-1]), None)
         if match is not None:
             renamed.append(f"{k} (found as {match}?)")
@@ -195,28 +205,39 @@ def _converted_for(converted: Path, source: Path | None) -> bool:
     return all(meta.get(k) == v for k, v in _source_stamp(source).items())
 
 
+def _read_converted(converted: Path, parts: tuple[str, ...] | None) -> dict[str, Any]:
+    """The converted file's tensors (only those of `parts`, if given), its header checked strictly first."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(converted), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            check_shapes(shapes, str(converted))
+            return {k: f.get_tensor(k) for k in shapes if parts is None or part_of(k) in parts}
+    except WeightsError:
+        raise
+    except Exception as exc:  # a damaged cache: say so and how to rebuild it
+        raise WeightsError(f"the converted DeOP checkpoint {converted} is damaged ({_short_reason(exc)}); "
+                           "delete it to convert the original again") from exc
+
+
 def load_trained_state(path: str | os.PathLike | None = None, checkpoint_dir: Path | None = None,
                        download: bool = True, progress: bool = True,
-                       downloader: Callable[..., Any] | None = None) -> dict[str, Any]:
+                       downloader: Callable[..., Any] | None = None,
+                       parts: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The released model's tensors (detectron2 names). `path`: a checkpoint the user placed (the
     ``--deop-checkpoint`` setting); else ``deop_model_final.pth`` in the checkpoint folder, downloaded if
     missing and `download`. The first load converts it to ``deop_model_final.safetensors`` beside the
-    other weights; later loads read that."""
-    from safetensors.torch import load_file
-
+    other weights; later loads read that, only the tensors of `parts` (``keymap.PARTS`` names) if given,
+    so that each module holds only its own part in memory while loading. On the first load the tensors are
+    memory-mapped from the pickle: copy them into modules (``load_state_dict`` does), do not keep them."""
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
     converted = folder / CONVERTED
     source = Path(path).expanduser() if path else folder / FILENAME
     if path and not source.is_file():
         raise WeightsError(f"no DeOP checkpoint at {source} (from {PATH_SETTING}). " + manual_hint(source))
     if _converted_for(converted, source):
-        try:
-            state = load_file(str(converted))
-        except Exception as exc:  # a damaged cache: say so and how to rebuild it
-            raise WeightsError(f"the converted DeOP checkpoint {converted} is damaged ({_short_reason(exc)}); "
-                               "delete it to convert the original again") from exc
-        check_state(state, str(converted))
-        return state
+        return _read_converted(converted, parts)
     if not source.is_file():
         if not download:
             raise WeightsError(f"DeOP's checkpoint is missing: no file at {source}, and downloads are off. "
@@ -232,4 +253,4 @@ def load_trained_state(path: str | os.PathLike | None = None, checkpoint_dir: Pa
         convert(state, converted, {"source_sha256": digest, "source_name": source.name, **_source_stamp(source)})
     except OSError as exc:  # a read-only folder: run from the pickle each time rather than fail
         log.warning("could not write %s (%s); the checkpoint will be read from %s each time", converted, exc, source)
-    return state
+    return state if parts is None else {k: v for k, v in state.items() if part_of(k) in parts}

@@ -135,10 +135,6 @@ class QueryMasks:
         return F.interpolate(self.logits.sigmoid()[None], size=tuple(grid), mode="bilinear",
                              align_corners=False)[0]
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.logits.numel() * self.logits.element_size() + self.pixels.numel() * self.pixels.element_size())
-
 
 class FrozenBatchNorm2d(nn.Module):
     """Batch norm with fixed statistics and affine terms (buffers, as detectron2 stores them)."""
