@@ -248,3 +248,38 @@ def test_head_loads_strictly_and_names_a_bad_key(head):
     renamed["decoder.outlayer.norm9.weight"] = renamed.pop("decoder.outlayer.norm1.weight")
     with pytest.raises(KeyError, match="norm9"):
         other.load_official(renamed)
+
+
+def test_the_released_checkpoints_head_parts_load_through_the_checkpoint_loader(tmp_path, monkeypatch):
+    """A checkpoint in the released form (detectron2's ``model`` dict and training state beside it; each
+    tensor one number broadcast to its shape, so the file stays small) gives the head its CLIP, prompt and
+    CAL tensors."""
+    from collections import OrderedDict
+
+    from deop.trained import checkpoint, keymap
+    from deop.trained.run import load_classifier
+
+    keys = keymap.expected_keys()
+    state = OrderedDict((k, torch.full((1,), float(i) / len(keys)).expand(shape) if shape else torch.tensor(0.5))
+                        for i, (k, shape) in enumerate(keys.items()))
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state, "iteration": 59999}, path)
+
+    def read_only(*args, **kwargs):
+        raise OSError("read-only folder")  # keeps the 875 MB safetensors conversion out of the test
+
+    monkeypatch.setattr(checkpoint, "convert", read_only)
+    loaded = load_classifier(torch.device("cpu"), False, str(path), str(tmp_path), False)
+    head = loaded.head
+    for theirs, ours in (("clip_adapter.clip_model.visual.transformer.resblocks.3.learned_position",
+                          head.positions.blocks["3"]),
+                         ("clip_adapter.clip_model.visual.transformer.resblocks.11.attn.in_proj_bias",
+                          head.clip.visual.transformer.resblocks[11].attn.in_proj_bias),
+                         ("clip_adapter.prompt_learner.prefix_prompt", head.prompts.prefix),
+                         ("clip_adapter.non_object_embedding", head.non_object),
+                         ("decoder.outlayer.multihead_attn_my.in_proj_weight", head.cal.out.read.in_proj_weight),
+                         ("decoder.layers.0.multihead_attn_my.out_proj.weight",
+                          head.cal.layer.cross_attn.out_proj.weight),
+                         ("query_embedding.weight", head.cal.queries.weight)):
+        assert torch.equal(ours, state[theirs].expand_as(ours)), theirs
+    assert loaded.clip_view.pretrained == "model_final.pth" and loaded.key != "deop-trained/random/cpu"

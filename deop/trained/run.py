@@ -85,5 +85,6 @@ def load_classifier(device: torch.device, random_weights: bool, checkpoint: str 
 
     from .checkpoint import load_trained_state
 
-    state = load_trained_state(checkpoint, Path(checkpoint_dir) if checkpoint_dir else None, download)
+    state = load_trained_state(checkpoint, Path(checkpoint_dir) if checkpoint_dir else None, download,
+                               parts=("clip", "prompt", "cal"))
     return build_classifier(device, False, state, Path(checkpoint).name if checkpoint else "model_final")
