@@ -109,8 +109,15 @@ class Segmenter:
     def with_proposal_model(self, sam_kind: str) -> Segmenter:
         """A Segmenter that differs only in its proposal model, sharing this one's model cache and text
         embeddings (switching models never reloads CLIP or re-encodes a vocabulary); its stage caches are
-        its own."""
-        other = Segmenter(replace(self.config, sam_kind=sam_kind), models=self.models)
+        its own. The trained model's generator ("deop-trained") brings the trained model with it (its
+        classifier needs that generator's queries); any other choice runs the training-free model."""
+        from .config import TRAINED_MODEL
+
+        if sam_kind == TRAINED_MODEL:
+            config = replace(self.config, model=TRAINED_MODEL)
+        else:
+            config = replace(self.config, sam_kind=sam_kind, model="training-free")
+        other = Segmenter(config, models=self.models)
         other.text_cache = self.text_cache
         return other
 

@@ -141,3 +141,13 @@ def test_bench_writes_the_trained_record(small_generator, tmp_path, capsys):
     assert abs(record["one_pass_seconds"] - (s["generator"] + s["clip"] + s["cal"] + s["combination"])) < 1e-3
     assert abs(record["crop_seconds"] - (s["generator"] + s["crops"] + s["scoring"])) < 1e-3
     assert record["paper"]["ratio"] == 3.9 and "3.9x" in capsys.readouterr().out
+
+
+def test_choosing_the_trained_generator_brings_the_trained_model(segmenter):
+    """The app's proposal-model menu switches Segmenters with ``with_proposal_model``: the trained generator
+    runs the trained model; a SAM runs the training-free model, whatever the base was."""
+    base = Segmenter(SegmenterConfig(random_weights=True, device="cpu"))
+    trained = base.with_proposal_model("deop-trained")
+    assert trained.config.trained and trained.proposer_spec.name == "deop-trained"
+    back = segmenter.with_proposal_model("mobile_sam")
+    assert not back.config.trained and back.config.proposal_model == "mobile_sam"
