@@ -38,7 +38,7 @@ def small_generator():
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    y, x = np.mgrid[0:48, 0:72]
+    y, x = np.mgrid[0:48, 0:80]
     img = np.stack([(x * 3) % 256, (y * 5) % 256, ((x + y) * 2) % 256], axis=-1).astype(np.uint8)
     img[10:30, 20:50] = (200, 30, 40)
     return img
@@ -61,7 +61,9 @@ def test_both_runs_the_trained_model_and_the_crop_baseline_on_the_same_proposals
     assert trained.label_map.shape == crop.label_map.shape == image.shape[:2]
     assert (trained.label_map >= 0).all()  # the official combination labels every pixel
     assert result.settings["model"] == "deop-trained" and result.settings["sam_kind"] == "deop-trained"
-    assert result.similarity is not None and result.similarity.shape[0] == 4  # heatmaps: class x patch grid
+    # heatmaps: class x the patches covering the image, not the padding (48 x 80 at a 64 px short side is
+    # 64 x 107, padded to 64 x 128: a 4 x 8 grid of which 4 x 7 cover the image)
+    assert result.similarity is not None and result.similarity.shape == (4, 4, 7)
     assert crop.timings["image_encoding"] > 0 and trained.timings["image_encoding"] > 0
     json.dumps(result.to_dict())  # the result's JSON
 

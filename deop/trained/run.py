@@ -53,8 +53,11 @@ def classify_trained(encoded: TrainedEncoding, proposals: Any, text: torch.Tenso
         masks = image_masks(logits.to(probs.device), encoded.padded, encoded.size)
         labels = label_map(semantic_scores(probs, masks), tuple(work_shape))
         source = torch.as_tensor(np.asarray(proposals.source, dtype=np.int64), device=probs.device)
-        gh, gw, d = encoded.features.shape
-        similarity = (text.to(encoded.features.dtype) @ encoded.features.reshape(-1, d).T).reshape(len(text), gh, gw)
+        # the heatmaps over the patches that cover the image, not the padding (to within one patch)
+        patch = encoded.padded[0] // encoded.features.shape[0]
+        gh, gw = (-(-side // patch) for side in encoded.size)
+        features = encoded.features[:gh, :gw]
+        similarity = torch.einsum("cd,hwd->chw", text.to(features.dtype), features)
     return labels, probs[source], similarity.cpu().numpy()
 
 
