@@ -49,6 +49,13 @@ class Method:
     def classify(self, request: Request, encoded: Any) -> Labels:
         raise NotImplementedError
 
+    def stage_key(self, segmenter: Segmenter, request: Request, *parts: Any) -> tuple:
+        """The key of this method's cached image stage: the image's, or, when the stage reads the proposals,
+        the proposals' key (everything they depend on), then `parts` (the model's own key)."""
+        if self.image_reads_proposals:
+            return (self.name, *segmenter.proposals_key(request.key, request.options), *parts)
+        return (self.name, request.key, *parts)
+
 
 def _proposal_label_map(request: Request, probs: torch.Tensor, fill: np.ndarray | None) -> np.ndarray:
     """Each segment's pixels get its label (or -1 below the threshold); with `fill`, pixels no segment
@@ -117,8 +124,8 @@ class Trained(Method):
         from .trained.run import encode_trained
 
         trained = segmenter.trained
-        key = (segmenter.proposals_key(request.key, request.options), trained.key)
-        return segmenter.stages["trained"].get(key, lambda: encode_trained(trained, request.proposals))
+        return segmenter.stages["trained"].get(self.stage_key(segmenter, request, trained.key),
+                                               lambda: encode_trained(trained, request.proposals))
 
     def classify(self, request: Request, encoded: Any) -> Labels:
         from .trained.run import classify_trained

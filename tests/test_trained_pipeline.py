@@ -74,7 +74,8 @@ def test_a_segments_probabilities_are_its_querys(segmenter, result, image):
     timed, hit = segmenter.proposals(image, segmenter.config.options.with_overrides(max_masks=4))
     assert hit
     proposals = timed.value
-    key = (segmenter.proposals_key(segmenter_key(image), segmenter.config.options.with_overrides(max_masks=4)),
+    key = ("deop-trained", *segmenter.proposals_key(segmenter_key(image),
+                                                    segmenter.config.options.with_overrides(max_masks=4)),
            segmenter.trained.key)
     encoded, hit = segmenter.stages["trained"].get(key, lambda: pytest.fail("the trained stage was not cached"))
     text = segmenter.trained.names(["cat", "dog", "grass", "lawn", "sky"])
