@@ -283,3 +283,12 @@ def test_the_released_checkpoints_head_parts_load_through_the_checkpoint_loader(
                          ("query_embedding.weight", head.cal.queries.weight)):
         assert torch.equal(ours, state[theirs].expand_as(ours)), theirs
     assert loaded.clip_view.pretrained == "model_final.pth" and loaded.key != "deop-trained/random/cpu"
+
+
+def test_an_overlong_name_is_cut_to_fit_and_named(classifier):
+    name = " ".join(["word"] * 70)  # 70 tokens: more than the 58 left beside the 19-token frame
+    assert classifier.head.prompts.overlong(classifier.tokenizer, [name, "cat"]) == [name]
+    (ids,) = classifier.head.prompts.name_tokens(classifier.tokenizer, [name])
+    assert len(ids) == 77 - 19
+    with torch.no_grad():
+        assert classifier.head.text(classifier.tokenizer, [name]).shape == (1, 512)
