@@ -139,8 +139,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     OnePass("one-pass", "One pass (DeOP)", True, "each mask pooled from one dense CLIP pass over the image"),
     Crop("crop", "Crop baseline", True, "one CLIP pass per masked crop, as OVSeg and SimBaseline do"),
     Dense("dense", "Dense (no SAM)", False, "every pixel classified from the dense CLIP map, no proposals"),
-    Trained("deop-trained", "DeOP (trained)", True, "the paper's trained model: CLIP once with its generator's "
-            "masks in block 11, CAL per query, the official mask-weighted combination", True),
+    Trained("deop-trained", "DeOP (trained)", True, "what one-pass runs with --model deop-trained: CLIP once "
+            "with the trained generator's masks in block 11, CAL per query, the official mask-weighted "
+            "combination", True),
 )}
 
 # What each ``method=`` choice runs for each model; a pair is compared side by side (the same proposals and
