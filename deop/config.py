@@ -170,6 +170,16 @@ def _template_names() -> list[str]:
     return list(TEMPLATES)
 
 
+# The models a Segmenter can run: the training-free path (a SAM-family proposal model, a severance variant)
+# or the paper's trained model (its MaskFormer generator, learned prompts, mask-guided severance and CAL).
+TRAINED_MODEL = "deop-trained"
+MODEL_NAMES = ("training-free", TRAINED_MODEL)
+
+
+def _model_names() -> list[str]:
+    return list(MODEL_NAMES)
+
+
 def _proposer_names() -> list[str]:
     from .proposers import PROPOSERS
 
@@ -338,7 +348,24 @@ class SegmenterConfig:
                                         "package)", env="DEOP_CHECKPOINT_DIR")
     download: bool = option(True, "fail instead of downloading missing weights", flag="--no-download")
     cache_size: int = option(8, "how many images' proposals and features are kept for re-queries", minimum=0)
+    model: str = option("training-free", "training-free: a SAM-family proposal model (--sam) and one dense CLIP "
+                        "pass with a severance variant (--severance); deop-trained: the paper's trained model "
+                        "(its own 100-query mask generator, learned prompts, mask-guided severance and CAL, from "
+                        "the released model_final.pth; --sam and --severance do not apply)",
+                        choices=_model_names, env="DEOP_MODEL")
+    deop_checkpoint: str | None = option(None, "the released DeOP model_final.pth (or its converted .safetensors) "
+                                         "for --model deop-trained; default: downloaded to the checkpoint folder",
+                                         env="DEOP_CHECKPOINT")
     options: SegmentOptions = field(default_factory=SegmentOptions)
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def trained(self) -> bool:
+        return self.model == TRAINED_MODEL
+
+    @property
+    def proposal_model(self) -> str:
+        """The proposal model that runs: the trained model's own generator, else ``sam_kind``."""
+        return TRAINED_MODEL if self.trained else self.sam_kind

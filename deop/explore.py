@@ -55,6 +55,13 @@ class AddedSegment:
         return int(self.mask.nbytes + self.logits.nbytes)
 
 
+def _training_free_only(segmenter: Segmenter, message: str) -> None:
+    if segmenter.config.trained:
+        from .errors import OptionError
+
+        raise OptionError(message)
+
+
 def add_segment(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabulary, points: Sequence[Point],
                 options: SegmentOptions | None = None, previous: AddedSegment | None = None,
                 timeout: float | None = None, cancelled: Callable[[], bool] | None = None) -> AddedSegment:
@@ -63,6 +70,9 @@ def add_segment(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocab
     the decoder, as SAM's interactive tools do. Proposals and features come from the segmenter's caches
     when `image` was segmented with these options (the app's case), else they are computed first, under
     `timeout` and `cancelled` like ``Segmenter.segment`` (the cache may have dropped them)."""
+    _training_free_only(segmenter, "a click cannot add a segment with the deop-trained model: its generator "
+                        "has 100 learned queries and no prompt encoder, so there is nothing to decode a point prompt "
+                        "(use the training-free model with a SAM to add segments by clicking)")
     opts = options or segmenter.config.options
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else parse_vocabulary(vocabulary)
     key, deadline = image_key(image), Deadline(timeout, cancelled)
@@ -126,6 +136,8 @@ def compare_variants(segmenter: Segmenter, image: np.ndarray, vocabulary: str | 
                      ) -> Iterator[VariantRun]:
     """Each variant's one-pass answer on the same proposals and text, one at a time (the reference first),
     each with its agreement with the reference's labels. `timeout` holds for all of them together."""
+    _training_free_only(segmenter, "the severance variants are the training-free model's; the deop-trained "
+                        "model has its own mask-guided severance (use the training-free model to compare them)")
     opts = options or segmenter.config.options
     names = list(variants or SEVERANCE_VARIANTS)
     names = [reference] + [n for n in names if n != reference] if reference in names else names

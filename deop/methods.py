@@ -31,12 +31,16 @@ class Labels:
 
 @dataclass(frozen=True)
 class Method:
-    """name: the ``method=`` value; uses_proposals: needs SAM's masks (and its segments are listed)."""
+    """name: the ``method=`` value; uses_proposals: needs SAM's masks (and its segments are listed);
+    image_reads_proposals: its image stage itself depends on the proposals (the trained model runs the masks
+    inside CLIP), so that stage is cached per proposals, not per image, and a segment added later cannot be
+    classified from it."""
 
     name: str
     title: str
     uses_proposals: bool
     description: str = ""
+    image_reads_proposals: bool = False
 
     def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
         """The method's cached image stage (reported as ``image_encoding``) and whether it was reused."""
@@ -44,6 +48,13 @@ class Method:
 
     def classify(self, request: Request, encoded: Any) -> Labels:
         raise NotImplementedError
+
+    def stage_key(self, segmenter: Segmenter, request: Request, *parts: Any) -> tuple:
+        """The key of this method's cached image stage: the image's, or, when the stage reads the proposals,
+        the proposals' key (everything they depend on), then `parts` (the model's own key)."""
+        if self.image_reads_proposals:
+            return (self.name, *segmenter.proposals_key(request.key, request.options), *parts)
+        return (self.name, request.key, *parts)
 
 
 def _proposal_label_map(request: Request, probs: torch.Tensor, fill: np.ndarray | None) -> np.ndarray:
@@ -104,22 +115,57 @@ class Crop(Method):
         return Labels(_proposal_label_map(request, probs, None), probs)
 
 
+class Trained(Method):
+    """The paper's trained model on its generator's 100 queries (``deop.trained``): CLIP runs once with the
+    queries' masks inside block 11, CAL gives each query its embedding; a segment's probabilities are its
+    query's, the label map the official combination of all 100 queries' masks and probabilities."""
+
+    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+        from .trained.run import encode_trained
+
+        trained = segmenter.trained
+        return segmenter.stages["trained"].get(self.stage_key(segmenter, request, trained.key),
+                                               lambda: encode_trained(trained, request.proposals))
+
+    def classify(self, request: Request, encoded: Any) -> Labels:
+        from .trained.run import classify_trained
+
+        label_map, probs, similarity = classify_trained(encoded, request.proposals, request.text,
+                                                        request.work.shape[:2])
+        return Labels(label_map, probs, similarity)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     OnePass("one-pass", "One pass (DeOP)", True, "each mask pooled from one dense CLIP pass over the image"),
     Crop("crop", "Crop baseline", True, "one CLIP pass per masked crop, as OVSeg and SimBaseline do"),
     Dense("dense", "Dense (no SAM)", False, "every pixel classified from the dense CLIP map, no proposals"),
+    Trained("deop-trained", "DeOP (trained)", True, "what one-pass runs with --model deop-trained: CLIP once "
+            "with the trained generator's masks in block 11, CAL per query, the official mask-weighted "
+            "combination", True),
 )}
 
-# What each ``method=`` choice runs; a pair is compared side by side (the same proposals and text).
-RUNS: dict[str, tuple[str, ...]] = {"one-pass": ("one-pass",), "crop": ("crop",), "both": ("one-pass", "crop"),
-                                    "dense": ("dense",)}
+# What each ``method=`` choice runs for each model; a pair is compared side by side (the same proposals and
+# text). With the trained model, "one-pass" is its own classifier and "crop" the crop baseline on its
+# generator's proposals with the same CLIP weights and learned prompts (the paper's speed comparison).
+RUNS_BY_MODEL: dict[str, dict[str, tuple[str, ...]]] = {
+    "training-free": {"one-pass": ("one-pass",), "crop": ("crop",), "both": ("one-pass", "crop"),
+                      "dense": ("dense",)},
+    "deop-trained": {"one-pass": ("deop-trained",), "crop": ("crop",), "both": ("deop-trained", "crop")},
+}
+RUNS: dict[str, tuple[str, ...]] = RUNS_BY_MODEL["training-free"]
 METHOD_CHOICES: tuple[str, ...] = tuple(RUNS)
 METHOD_TITLES: dict[str, str] = {name: m.title for name, m in METHODS.items()}
 
 
-def methods_of(choice: str) -> tuple[Method, ...]:
+def methods_of(choice: str, model: str = "training-free") -> tuple[Method, ...]:
     from .errors import OptionError
 
-    if choice not in RUNS:
-        raise OptionError(f"unknown method {choice!r}; choose from {', '.join(RUNS)}")
-    return tuple(METHODS[name] for name in RUNS[choice])
+    runs = RUNS_BY_MODEL.get(model)
+    if runs is None:
+        raise OptionError(f"unknown model {model!r}; choose from {', '.join(RUNS_BY_MODEL)}")
+    if choice not in runs:
+        if choice in RUNS:
+            raise OptionError(f"method {choice!r} is not available with the {model} model; choose from "
+                              f"{', '.join(runs)}")
+        raise OptionError(f"unknown method {choice!r}; choose from {', '.join(runs)}")
+    return tuple(METHODS[name] for name in runs[choice])

@@ -79,19 +79,31 @@ class ModelCache:
 
     def proposer(self, name: str, device: torch.device, random_weights: bool = False,
                  checkpoint_dir: str | Path | None = None, download: bool = True,
-                 input_size: int | None = None) -> Proposer:
+                 input_size: int | None = None, checkpoint: str | None = None) -> Proposer:
         """A proposal model (``deop.proposers.PROPOSERS``) on `device`, its encoder run at `input_size`
-        (weights shared with the full-size model)."""
+        (weights shared with the full-size model); `checkpoint`: a file the user gave (the trained model's)."""
         from .proposers import Proposer, get_proposer
 
         spec = get_proposer(name)
         folder = Path(checkpoint_dir) if checkpoint_dir else None
-        key = ("proposer", name, random_weights, str(device), str(checkpoint_dir))
-        full = self.get(key, lambda: spec.family.build(spec, random_weights, folder, download).to(device))
+        extra = {"checkpoint": checkpoint} if checkpoint else {}
+        key = ("proposer", name, random_weights, str(device), str(checkpoint_dir), *extra.values())
+        full = self.get(key, lambda: spec.family.build(spec, random_weights, folder, download, **extra).to(device))
         size = spec.input_size_for(input_size or spec.family.input_size(full))
         if size == spec.family.input_size(full):
             return Proposer(spec, full)
         return Proposer(spec, self.get((*key, size), lambda: spec.family.at_input_size(full, size)))
+
+    def trained(self, device: torch.device, random_weights: bool = False, checkpoint: str | None = None,
+                checkpoint_dir: str | Path | None = None, download: bool = True) -> Any:
+        """The paper's trained classifier (``deop.trained``: learned prompts, CLIP with learned positions,
+        CAL) on `device`, from the released checkpoint or seeded random weights."""
+        from .trained.run import load_classifier
+
+        key = ("deop-trained", random_weights, str(device), None if random_weights else str(checkpoint),
+               None if random_weights else str(checkpoint_dir))
+        return self.get(key, lambda: load_classifier(device, random_weights, checkpoint,
+                                                     str(checkpoint_dir) if checkpoint_dir else None, download))
 
     def clear(self) -> None:
         with self._lock:

@@ -70,22 +70,30 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig | None = None, models: ModelCache = MODELS) -> None:
         self.config = config or SegmenterConfig()
         self.device = resolve_device(self.config.device)
-        self.proposer_spec = get_proposer(self.config.sam_kind)
+        self.proposer_spec = get_proposer(self.config.proposal_model)
         self.models = models
         from .clip.text import TextEmbeddingCache
 
         self.text_cache = TextEmbeddingCache()
         # Dense maps are small (0.5-5 MB) and the variants compared side by side each keep one per image.
         size = self.config.cache_size
-        sizes = {"proposals": size, "dense": size * len(SEVERANCE_VARIANTS), "crops": size}
+        sizes = {"proposals": size, "dense": size * len(SEVERANCE_VARIANTS), "crops": size, "trained": size}
         self.stages = {name: StageCache(name, n, self.device) for name, n in sizes.items()}
 
     # -- models ---------------------------------------------------------------------------------
     @property
     def clip(self):
         c = self.config
+        if c.trained:  # the crop baseline and the text run on the trained model's own CLIP
+            return self.trained.clip_view
         pretrained = None if c.random_weights else c.clip_pretrained
         return self.models.clip(c.clip_model, pretrained, self.device, c.half)
+
+    @property
+    def trained(self):
+        """The paper's trained classifier (``deop.trained``), loaded once and shared."""
+        c = self.config
+        return self.models.trained(self.device, c.random_weights, c.deop_checkpoint, c.checkpoint_dir, c.download)
 
     @property
     def proposer(self) -> Proposer:
@@ -95,14 +103,21 @@ class Segmenter:
     def proposer_at(self, input_size: int) -> Proposer:
         """The proposal model with its encoder run at `input_size` (weights shared with the full model)."""
         c = self.config
-        return self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
-                                    input_size)
+        return self.models.proposer(c.proposal_model, self.device, c.random_weights, c.checkpoint_dir, c.download,
+                                    input_size, c.deop_checkpoint if c.trained else None)
 
     def with_proposal_model(self, sam_kind: str) -> Segmenter:
         """A Segmenter that differs only in its proposal model, sharing this one's model cache and text
         embeddings (switching models never reloads CLIP or re-encodes a vocabulary); its stage caches are
-        its own."""
-        other = Segmenter(replace(self.config, sam_kind=sam_kind), models=self.models)
+        its own. The trained model's generator ("deop-trained") brings the trained model with it (its
+        classifier needs that generator's queries); any other choice runs the training-free model."""
+        from .config import TRAINED_MODEL
+
+        if sam_kind == TRAINED_MODEL:
+            config = replace(self.config, model=TRAINED_MODEL)
+        else:
+            config = replace(self.config, sam_kind=sam_kind, model="training-free")
+        other = Segmenter(config, models=self.models)
         other.text_cache = self.text_cache
         return other
 
@@ -118,9 +133,13 @@ class Segmenter:
     # -- cached stages ---------------------------------------------------------------------------
     def proposals(self, image: np.ndarray, options: SegmentOptions, key: str | None = None,
                   deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
-        key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, options.proposals)
+        key = self.proposals_key(key or image_key(image), options)
         return self.stages["proposals"].get(key, lambda: self.proposer_at(options.proposals.sam_input_size).propose(
             image, options.proposals, deadline))
+
+    def proposals_key(self, key: str, options: SegmentOptions) -> tuple:
+        """What an image's proposals depend on; a stage computed from the proposals keys on this too."""
+        return key, self.config.proposal_model, self.config.random_weights, options.proposals
 
     def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
                  ) -> tuple[TimedValue, bool]:
@@ -132,7 +151,7 @@ class Segmenter:
     def crop_embeddings(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
                         key: str | None = None, deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
         clip = self.clip
-        key = (key or image_key(image), clip.key, self.config.sam_kind, options.proposals, options.crop_margin)
+        key = (key or image_key(image), clip.key, self.config.proposal_model, options.proposals, options.crop_margin)
         return self.stages["crops"].get(key, lambda: encode_crops(clip, image, proposals, options.crop_margin,
                                                                   options.crop_batch_size, deadline))
 
@@ -181,7 +200,7 @@ class Segmenter:
     def _stream(self, image: Any, vocabulary: str | Vocabulary, method: str, options: SegmentOptions | None,
                 progress: Progress | None, deadline: Deadline, input_size: tuple[int, int] | None,
                 overrides: dict[str, Any]) -> Iterator[SegmentationResult]:
-        methods = methods_of(method)
+        methods = methods_of(method, self.config.model)
         report = progress or (lambda fraction, desc: None)
         request = self._prepare(image, vocabulary, (options or self.config.options).with_overrides(**overrides),
                                 deadline, report)
@@ -219,11 +238,16 @@ class Segmenter:
         report(0.05, "Encoding class names")
         clip = self.clip
         text_time: dict[str, float] = {}
-        with stopwatch(text_time, "text_encoding", self.device):
-            text = self.text_cache.vocabulary(clip, vocab, opts.templates)
         prompts = [p for c in vocab.classes for p in c.prompts]
-        warnings += [f"class name too long for CLIP, truncated: {n[:60]}…"
-                     for n in overlong_names(clip, prompts, opts.templates)]
+        with stopwatch(text_time, "text_encoding", self.device):
+            if self.config.trained:  # its learned prompt, one per name, no templates
+                from .trained.run import vocabulary_text
+
+                text, overlong = vocabulary_text(self.trained, vocab)
+            else:
+                text = self.text_cache.vocabulary(clip, vocab, opts.templates)
+                overlong = overlong_names(clip, prompts, opts.templates)
+        warnings += [f"class name too long for CLIP, truncated: {n[:60]}…" for n in overlong]
         return Request(opts, vocab, text, text_time["text_encoding"], work, image_key(work), original.shape[:2],
                        deadline, warnings)
 
@@ -265,7 +289,9 @@ class Segmenter:
         h, w = request.work.shape[:2]
         return {
             "method": method, "device": str(self.device), "clip_model": c.clip_model,
-            "clip_pretrained": None if c.random_weights else c.clip_pretrained, "sam_kind": c.sam_kind,
+            "clip_pretrained": None if c.random_weights else "deop model_final" if c.trained else c.clip_pretrained,
+            "sam_kind": c.proposal_model,
+            "model": c.model, "deop_checkpoint": c.deop_checkpoint if c.trained else None,
             "random_weights": c.random_weights, "torch_threads": torch.get_num_threads(),
             "working_size": {"height": h, "width": w}, "options": asdict(request.options),
         }

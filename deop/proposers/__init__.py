@@ -9,10 +9,11 @@ Importing this package imports no network code (each family imports its package 
 from __future__ import annotations
 
 from ..errors import OptionError
-from . import mobile_sam, sam, sam2
+from . import deop_trained, mobile_sam, sam, sam2
 from .base import MaskSet, Proposals, Proposer, ProposerFamily, ProposerSpec, resolve_overlaps, segment_boxes
 
-PROPOSERS: dict[str, ProposerSpec] = {spec.name: spec for spec in (*sam.SPECS, *mobile_sam.SPECS, *sam2.SPECS)}
+PROPOSERS: dict[str, ProposerSpec] = {spec.name: spec for spec in (*sam.SPECS, *mobile_sam.SPECS, *sam2.SPECS,
+                                                                    *deop_trained.SPECS)}
 
 
 def get_proposer(name: str) -> ProposerSpec:

@@ -57,6 +57,7 @@ class MaskSet:
     record_float_crop_boxes: bool = False
     network_seconds: float = 0.0  # of the generation that made them: the image encoder and mask decoder
     prompter: Any = field(default=None, repr=False, compare=False)  # the predictor holding the image's embedding
+    queries: Any = field(default=None, repr=False, compare=False)  # a query-based generator's QueryMasks (None: SAM)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -73,7 +74,8 @@ class MaskSet:
         index = np.asarray(index, dtype=np.int64)
         return MaskSet(self.image_size, self.boxes[index], [self.crops[i] for i in index], self.predicted_iou[index],
                        self.stability_score[index], self.point_coords[index], self.crop_boxes[index],
-                       self.areas[index], self.record_float_boxes, self.record_float_crop_boxes)
+                       self.areas[index], self.record_float_boxes, self.record_float_crop_boxes,
+                       queries=self.queries)
 
     def to_records(self) -> list[dict[str, Any]]:
         """The stock generators' ``generate()`` output in binary_mask mode, same values and Python types."""
@@ -122,7 +124,13 @@ class Proposals:
     areas: (N,) pixel count of each segment.
     raw_count: masks the model returned before the limit and the overlap resolution.
     prompter: the model's predictor still holding this image's embedding, so that a point prompt (a click
-        that adds a segment) decodes a mask without encoding the image again.
+        that adds a segment) decodes a mask without encoding the image again; None for a model without
+        point prompts (DeOP's trained generator).
+    queries: a query-based generator's raw output (``deop.trained.generator.QueryMasks``: every query's
+        mask logits), which the trained classifier reads; None for SAM's families.
+    source: (N,) int64, each segment's index in the mask list the model returned (its query, for DeOP's
+        trained generator): the overlap rule reorders by area and drops emptied masks, ``max_masks``
+        keeps the best, so segment j is not mask j.
     """
 
     segment_map: np.ndarray
@@ -131,6 +139,8 @@ class Proposals:
     areas: np.ndarray
     raw_count: int
     prompter: Any = field(default=None, repr=False, compare=False)
+    queries: Any = field(default=None, repr=False, compare=False)
+    source: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -164,7 +174,7 @@ def resolve_overlaps(masks: MaskSet | Sequence[np.ndarray] | np.ndarray, scores:
     """Paint masks largest first so smaller ones win shared pixels; drop masks that end up empty.
 
     Segments are numbered in paint order (largest first). Their union equals the union of the input.
-    Scores default to the mask set's predicted IoU.
+    Scores default to the mask set's predicted IoU. ``source`` holds each segment's index in the input.
     """
     if not isinstance(masks, MaskSet):
         masks = MaskSet.from_masks(masks, scores, shape)
@@ -182,15 +192,23 @@ def resolve_overlaps(masks: MaskSet | Sequence[np.ndarray] | np.ndarray, scores:
     remap[present] = np.arange(len(present), dtype=np.int32)
     segment_map = remap[painted]  # painted == -1 indexes the last slot, which stays -1
     boxes, seg_areas = segment_boxes(segment_map, len(present))
-    return Proposals(segment_map, masks.predicted_iou[order][present], boxes, seg_areas, raw_count=len(masks))
+    return Proposals(segment_map, masks.predicted_iou[order][present], boxes, seg_areas, raw_count=len(masks),
+                     source=order[present].astype(np.int64))
+
+
+def best_index(masks: MaskSet, limit: int) -> np.ndarray:
+    """The indices of at most `limit` masks (0: all), those with the highest predicted IoU, best first; ties
+    keep the earlier mask."""
+    if not limit or len(masks) <= limit:
+        return np.arange(len(masks), dtype=np.int64)
+    return np.array(sorted(range(len(masks)), key=lambda i: -masks.predicted_iou[i])[:limit], dtype=np.int64)
 
 
 def keep_best(masks: MaskSet, limit: int) -> MaskSet:
     """At most `limit` masks (0: all), those with the highest predicted IoU; ties keep the earlier mask."""
     if not limit or len(masks) <= limit:
         return masks
-    order = sorted(range(len(masks)), key=lambda i: -masks.predicted_iou[i])[:limit]
-    return masks.select(order)
+    return masks.select(best_index(masks, limit))
 
 
 class ProposerFamily:
@@ -202,6 +220,7 @@ class ProposerFamily:
     name: str = ""
     package: str = ""
     install_hint: str = ""
+    point_prompts: bool = True  # a click (point prompt) can add a segment on the kept embedding
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.package) is not None
@@ -288,11 +307,14 @@ class Proposer:
 
     def propose(self, image: np.ndarray, config: ProposalConfig, deadline: Deadline | None = None) -> Proposals:
         """The model's masks for an RGB uint8 image, limited to ``config.max_masks`` by predicted IoU, made
-        disjoint."""
+        disjoint; ``source`` maps each segment back to the model's mask list."""
         masks = self.masks(image, config, deadline)
-        proposals = resolve_overlaps(keep_best(masks, config.max_masks))
+        kept = best_index(masks, config.max_masks)
+        proposals = resolve_overlaps(masks if len(kept) == len(masks) else masks.select(kept))
         proposals.raw_count = len(masks)
         proposals.prompter = masks.prompter
+        proposals.queries = masks.queries
+        proposals.source = kept[proposals.source]
         return proposals
 
     def point_mask(self, proposals: Proposals, points: Sequence[tuple[float, float, bool]],
@@ -301,6 +323,9 @@ class Proposer:
         point) on the embedding kept with `proposals`: the best of its three masks for one point, its single
         mask for several (with the previous low-resolution logits as `mask_input`, as SAM's interactive
         tools refine). Returns the (H, W) mask, its predicted IoU and its low-resolution logits."""
+        if not self.spec.family.point_prompts:
+            raise OptionError(f"{self.spec.title} takes no point prompts, so a click cannot add a segment: it "
+                              "has no prompt encoder (choose a SAM model to add segments by clicking)")
         if proposals.prompter is None:
             raise ValueError("these proposals were made without keeping the image embedding")
         import torch
