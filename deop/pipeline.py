@@ -85,7 +85,28 @@ class Segmenter:
     def clip(self):
         c = self.config
         pretrained = None if c.random_weights else c.clip_pretrained
-        return self.models.clip(c.clip_model, pretrained, self.device, c.half)
+        return self.models.clip(c.clip_model, pretrained, self.device, self.precision)
+
+    @property
+    def precision(self) -> str:
+        """The precision both models run at: the configured one, or ``auto``'s choice."""
+        return self.precision_choice.precision
+
+    @property
+    def precision_choice(self) -> Any:
+        """``deop.precision.Choice``; ``auto`` measures once per device and pair of models (at load)."""
+        from .precision import Choice, calibrate
+
+        c = self.config
+        if c.precision != "auto":
+            return Choice(c.precision, (), {}, "asked for")
+        pretrained = None if c.random_weights else c.clip_pretrained
+
+        def measure() -> Choice:
+            proposer = self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download)
+            return calibrate(self.models.clip(c.clip_model, pretrained, self.device), proposer, self.device)
+
+        return self.models.get(("precision", str(self.device), c.clip_model, pretrained, c.sam_kind), measure)
 
     @property
     def proposer(self) -> Proposer:
@@ -95,8 +116,9 @@ class Segmenter:
     def proposer_at(self, input_size: int) -> Proposer:
         """The proposal model with its encoder run at `input_size` (weights shared with the full model)."""
         c = self.config
-        return self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
-                                    input_size)
+        proposer = self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
+                                        input_size)
+        return replace(proposer, precision=self.precision)
 
     def with_proposal_model(self, sam_kind: str) -> Segmenter:
         """A Segmenter that differs only in its proposal model, sharing this one's model cache and text
@@ -108,7 +130,8 @@ class Segmenter:
 
     def load(self) -> None:
         """Load (or fetch) both models now rather than on the first request; the proposal model first, its
-        checkpoint being the file most likely to be missing."""
+        checkpoint being the file most likely to be missing. With ``precision="auto"`` this is also when the
+        precision is measured (a few seconds on a CPU with bfloat16)."""
         _ = self.proposer, self.clip
 
     def clear_cache(self) -> None:
@@ -118,7 +141,8 @@ class Segmenter:
     # -- cached stages ---------------------------------------------------------------------------
     def proposals(self, image: np.ndarray, options: SegmentOptions, key: str | None = None,
                   deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
-        key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, options.proposals)
+        key = (key or image_key(image), self.config.sam_kind, self.config.random_weights, self.precision,
+               options.proposals)
         return self.stages["proposals"].get(key, lambda: self.proposer_at(options.proposals.sam_input_size).propose(
             image, options.proposals, deadline))
 
@@ -266,7 +290,7 @@ class Segmenter:
         return {
             "method": method, "device": str(self.device), "clip_model": c.clip_model,
             "clip_pretrained": None if c.random_weights else c.clip_pretrained, "sam_kind": c.sam_kind,
-            "random_weights": c.random_weights, "torch_threads": torch.get_num_threads(),
+            "random_weights": c.random_weights, "precision": self.precision, "torch_threads": torch.get_num_threads(),
             "working_size": {"height": h, "width": w}, "options": asdict(request.options),
         }
 
