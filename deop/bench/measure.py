@@ -438,6 +438,10 @@ class _FixedProposals(Segmenter):
 
 
 def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
+    if p.get("only_proposals"):
+        records = [*bench.proposals_at_counts(**p["proposal_counts"]), bench.memory([])]
+        flat = [r.to_dict() for r in records]
+        return flat + [targets_record(evaluate_targets(flat), flat[0])]
     records = bench.classification(p["sizes"], p["n_masks"], crop_n_masks=p["crop_n_masks"])
     if p["e2e"]:
         records += bench.end_to_end(p["e2e"], p["e2e_methods"])

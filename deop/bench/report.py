@@ -91,7 +91,7 @@ def _judge(name: str, value: float | None, limit: float, higher: bool, detail: s
 def targets_record(targets: Sequence[TargetResult], template: dict | None = None) -> dict[str, Any]:
     """The final JSON record: the record schema with no measurement, and the targets list."""
     base = {k: None for k in ("method", "n_masks", "image_size", "seconds_median")}
-    for k in ("device", "torch_threads", "clip_model", "sam_model", "random_weights"):
+    for k in ("device", "torch_threads", "clip_model", "sam_model", "random_weights", "precision"):
         base[k] = (template or {}).get(k)
     return {"kind": "targets", **base, "method": "targets", "targets": [asdict(t) for t in targets]}
 

@@ -7,13 +7,13 @@ encoded and decoded again, and the small-region cleanup decodes each mask and la
 it. On a CPU they also pay for memory: each batch's masks are upscaled to the image size all at once, into
 tensors so large that every batch maps and faults in fresh pages, and most of them are dropped next.
 
-Here the prompt encoder and mask decoder are called exactly as the stock predictors call them, and the
+Here the prompt encoder and mask decoder compute exactly what the stock predictors compute, and the
 per-mask scores, boxes and non-maximum suppression come from the very same stock helper functions or, on
 a CPU, from the same integer counts, with tensors of the same device and dtype, so the scores, the order
-and NMS tie-breaking are identical. Only the masks take another road: the IoU threshold is applied before
-the model's own upscaling, which then runs a few masks at a time; each surviving mask is kept bit-packed,
-cropped to its tight box, and the small-region cleanup labels that box plus a one-pixel margin instead of
-the whole image.
+and NMS tie-breaking are identical. Only the masks take another road: SAM v1's mask decoder makes only the
+masks that pass the IoU threshold (``lean_decoder``), the threshold is applied before the model's own
+upscaling, which then runs a few masks at a time; each surviving mask is kept bit-packed, cropped to its
+tight box, and the small-region cleanup labels that box plus a one-pixel margin instead of the whole image.
 """
 
 from __future__ import annotations
@@ -302,8 +302,10 @@ class FastMaskGenerator:
     no-op there); ``keep_embedding`` leaves the full image's embedding in ``self.predictor`` after
     ``generate`` (the full-image crop is then run last, its masks still placed first) for later prompts;
     ``predictor`` replaces the stock predictor built from ``model`` (one of the family's stock predictor
-    classes, e.g. already configured). ``last_network_seconds`` is the time of the last ``generate`` spent
-    in ``set_image`` and the predictor's prediction calls, ``last_total_seconds`` all of it.
+    classes, e.g. already configured); ``lean=False`` calls SAM v1's mask decoder module as stock does
+    instead of ``lean_decoder.decode_points`` (same masks, the decoder tests' reference).
+    ``last_network_seconds`` is the time of the last ``generate`` spent in ``set_image`` and the
+    predictor's prediction calls, ``last_total_seconds`` all of it.
     """
 
     def __init__(
@@ -368,8 +370,7 @@ class FastMaskGenerator:
         self.multimask_output = options["multimask_output"]
         self.last_network_seconds = 0.0
         self.last_total_seconds = 0.0
-        # SAM v1 / MobileSAM's stock decoder, run without its unused work (``lean_decoder``); ``lean=False``
-        # calls the module itself (the reference the decoder tests compare with)
+        # SAM v1 / MobileSAM's stock decoder, run without its unused work (``lean_decoder``)
         self.lean_decoder = lean and family == "sam" and is_stock_decoder(self.predictor.model.mask_decoder)
 
     @staticmethod
