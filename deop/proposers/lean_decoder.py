@@ -13,15 +13,18 @@ per prompt, in the prompt encoder, the hypernetwork MLPs and the IoU head. Stock
   every prompt;
 - the upscaled embedding and the masks of every prompt, though the generator keeps only the masks whose
   predicted IoU passes its threshold: the IoU head reads the transformer's IoU token alone, so the
-  scores are known before any mask is made.
+  scores are known before any mask is made;
+- the hypernetwork MLP of the mask token whose mask is not returned (the single-mask token when three
+  masks are asked for, as the generator does).
 
 ``decode_points`` computes the prompt-independent part once per batch, the transformer for every prompt
 (everything after the first layer's image-to-token attention depends on the prompt, and the IoU token
-depends on all of it), and the upscaling and mask products only for the prompts that have a mask passing
-the threshold. Every operation that remains is stock's, on the same values and the same batch shapes
-where a kernel's rounding could depend on them (the hypernetwork MLPs and the IoU head run over the whole
-batch, the products on all four tokens of a kept prompt), so the masks and scores are stock's, bit for
-bit at float32; the generator tests compare them with the stock generators in every regime.
+depends on all of it), the hypernetwork MLPs of the returned masks' tokens only, and the upscaling and mask
+products only for the prompts that have a mask passing the threshold. Every operation that remains is
+stock's, on the same values and the same batch shapes where a kernel's rounding could depend on them (the
+hypernetwork MLPs and the IoU head run over the whole batch, the products on all four token rows of a kept
+prompt, the unused one zero), so the masks and scores are stock's, bit for bit at float32; the generator
+tests compare them with the stock generators in every regime.
 """
 
 from __future__ import annotations
@@ -129,8 +132,11 @@ def decode_points(decoder: nn.Module, image_embeddings: Tensor, image_pe: Tensor
         return iou_pred, selected, keys.new_zeros((0, 4 * h, 4 * w))
     n_tokens = decoder.num_mask_tokens
     mask_tokens = hs[:, 1:1 + n_tokens, :]
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in range(n_tokens)],
-                           dim=1)[rows]
+    used = range(n_tokens)[mask_slice]  # the unused tokens' MLPs are not run, their rows of the product are 0
+    hyper_in = [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) if i in used else None
+                for i in range(n_tokens)]
+    zero = torch.zeros_like(next(h for h in hyper_in if h is not None))
+    hyper_in = torch.stack([zero if h is None else h for h in hyper_in], dim=1)[rows]
     upscaled = decoder.output_upscaling(keys[rows].transpose(1, 2).reshape(len(rows), c, h, w))
     k, uc, uh, uw = upscaled.shape
     masks = (hyper_in @ upscaled.view(k, uc, uh * uw)).view(k, -1, uh, uw)[:, mask_slice]
