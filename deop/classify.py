@@ -46,7 +46,7 @@ def dense_features(clip: ClipModel, image: np.ndarray, clip_size: int, variant: 
     if pixels.shape[-2:] != (gh * p, gw * p):
         pixels = F.interpolate(pixels, size=(gh * p, gw * p), mode="bicubic", antialias=True,
                                align_corners=False).clamp_(0, 1)
-    with torch.inference_mode():
+    with torch.inference_mode(), clip.autocast():
         feats = encode_dense(clip.model, _normalise(pixels, clip).to(clip.dtype), variant, n_severed)
     return feats[0].float()
 
@@ -134,7 +134,7 @@ def encode_crops(clip: ClipModel, image: np.ndarray, proposals: Proposals, margi
     """The crop baseline: [N, D] normalised ``encode_image`` embeddings, one CLIP input per segment.
 
     Made as fast as it fairly can be (crops built on the model's device, batched, inference mode, the
-    model's precision) so that the one-pass speed-up is measured against a strong baseline.
+    precision of the one pass) so that the one-pass speed-up is measured against a strong baseline.
     """
     n = len(proposals)
     if n == 0:
@@ -144,7 +144,7 @@ def encode_crops(clip: ClipModel, image: np.ndarray, proposals: Proposals, margi
     fill = torch.tensor(clip.mean, device=clip.device, dtype=pixels.dtype)
     boxes = crop_boxes(proposals.boxes, margin, image.shape[:2])
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), clip.autocast():
         for start in range(0, n, batch_size):
             if deadline is not None:
                 deadline.check("crop encoding")

@@ -180,6 +180,12 @@ def _model_names() -> list[str]:
     return list(MODEL_NAMES)
 
 
+def _precisions() -> list[str]:
+    from .precision import PRECISIONS
+
+    return list(PRECISIONS)
+
+
 def _proposer_names() -> list[str]:
     from .proposers import PROPOSERS
 
@@ -343,7 +349,11 @@ class SegmenterConfig:
                            choices=_proposer_names, flag="--sam", env="DEOP_SAM")
     random_weights: bool = option(False, "randomly initialised models: no download, real timings, meaningless "
                                   "labels", env="DEOP_RANDOM_WEIGHTS")
-    half: bool = option(False, "float16 CLIP on a GPU (CUDA or MPS; ignored on the CPU, where float16 is slow)")
+    precision: str = option(
+        "auto", "number format of both models (CLIP and the proposal model): float32 is the exact reference; "
+        "bfloat16/float16 run them under autocast; auto picks per device what measured faster at load (bfloat16 "
+        "on a CPU with native bfloat16, float32 on one without; bfloat16 on a CUDA GPU that has it); "
+        "float16 replaces the former --half", choices=_precisions, env="DEOP_PRECISION")
     checkpoint_dir: str | None = option(None, "where SAM checkpoints live (default: checkpoints/ beside the "
                                         "package)", env="DEOP_CHECKPOINT_DIR")
     download: bool = option(True, "fail instead of downloading missing weights", flag="--no-download")

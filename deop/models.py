@@ -71,11 +71,14 @@ class ModelCache:
                 self._models[key] = value
             return value
 
-    def clip(self, name: str, pretrained: str | None, device: torch.device, half: bool = False) -> ClipModel:
+    def clip(self, name: str, pretrained: str | None, device: torch.device, precision: str = "float32") -> ClipModel:
+        """The model at `precision` (``deop.precision``): every precision shares the one float32 model."""
+        from dataclasses import replace
+
         from .clip.model import build_clip
 
-        return self.get(("clip", name, pretrained, str(device), half),
-                        lambda: build_clip(name, pretrained, device, half))
+        model = self.get(("clip", name, pretrained, str(device)), lambda: build_clip(name, pretrained, device))
+        return model if precision == "float32" else replace(model, precision=precision)
 
     def proposer(self, name: str, device: torch.device, random_weights: bool = False,
                  checkpoint_dir: str | Path | None = None, download: bool = True,

@@ -87,7 +87,30 @@ class Segmenter:
         if c.trained:  # the crop baseline and the text run on the trained model's own CLIP
             return self.trained.clip_view
         pretrained = None if c.random_weights else c.clip_pretrained
-        return self.models.clip(c.clip_model, pretrained, self.device, c.half)
+        return self.models.clip(c.clip_model, pretrained, self.device, self.precision)
+
+    @property
+    def precision(self) -> str:
+        """The precision both models run at: the configured one, or ``auto``'s choice."""
+        return self.precision_choice.precision
+
+    @property
+    def precision_choice(self) -> Any:
+        """``deop.precision.Choice``; ``auto`` measures once per device and pair of models (at load)."""
+        from .precision import Choice, calibrate
+
+        c = self.config
+        if c.trained:  # its modules are not under the precision setting: it runs as released, in float32
+            return Choice("float32", (), {}, "the trained model runs in float32")
+        if c.precision != "auto":
+            return Choice(c.precision, (), {}, "asked for")
+        pretrained = None if c.random_weights else c.clip_pretrained
+
+        def measure() -> Choice:
+            proposer = self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download)
+            return calibrate(self.models.clip(c.clip_model, pretrained, self.device), proposer, self.device)
+
+        return self.models.get(("precision", str(self.device), c.clip_model, pretrained, c.sam_kind), measure)
 
     @property
     def trained(self):
@@ -103,8 +126,9 @@ class Segmenter:
     def proposer_at(self, input_size: int) -> Proposer:
         """The proposal model with its encoder run at `input_size` (weights shared with the full model)."""
         c = self.config
-        return self.models.proposer(c.proposal_model, self.device, c.random_weights, c.checkpoint_dir, c.download,
-                                    input_size, c.deop_checkpoint if c.trained else None)
+        proposer = self.models.proposer(c.proposal_model, self.device, c.random_weights, c.checkpoint_dir,
+                                        c.download, input_size, c.deop_checkpoint if c.trained else None)
+        return replace(proposer, precision=self.precision)
 
     def with_proposal_model(self, sam_kind: str) -> Segmenter:
         """A Segmenter that differs only in its proposal model, sharing this one's model cache and text
@@ -123,7 +147,8 @@ class Segmenter:
 
     def load(self) -> None:
         """Load (or fetch) both models now rather than on the first request; the proposal model first, its
-        checkpoint being the file most likely to be missing."""
+        checkpoint being the file most likely to be missing. With ``precision="auto"`` this is also when the
+        precision is measured (a few seconds on a CPU with bfloat16)."""
         _ = self.proposer, self.clip
 
     def clear_cache(self) -> None:
@@ -139,7 +164,7 @@ class Segmenter:
 
     def proposals_key(self, key: str, options: SegmentOptions) -> tuple:
         """What an image's proposals depend on; a stage computed from the proposals keys on this too."""
-        return key, self.config.proposal_model, self.config.random_weights, options.proposals
+        return key, self.config.proposal_model, self.config.random_weights, self.precision, options.proposals
 
     def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
                  ) -> tuple[TimedValue, bool]:
@@ -292,7 +317,8 @@ class Segmenter:
             "clip_pretrained": None if c.random_weights else "deop model_final" if c.trained else c.clip_pretrained,
             "sam_kind": c.proposal_model,
             "model": c.model, "deop_checkpoint": c.deop_checkpoint if c.trained else None,
-            "random_weights": c.random_weights, "torch_threads": torch.get_num_threads(),
+            "random_weights": c.random_weights, "precision": self.precision,
+            "torch_threads": torch.get_num_threads(),
             "working_size": {"height": h, "width": w}, "options": asdict(request.options),
         }
 

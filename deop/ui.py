@@ -229,12 +229,25 @@ def latency_markdown(result: SegmentationResult) -> str:
     if result.agreement:
         lines.append(f"The two methods agree on {100 * result.agreement['segments']:.0f}% of segments "
                      f"({100 * result.agreement['pixels']:.0f}% of their pixels).")
+    if precision_line(result):
+        lines.append(precision_line(result))
     first = next(iter(result.methods.values()))
     if first.cached:
         this_call = first.timings["total"]
         lines.append(f"Proposals and image features reused from cache: this run took {this_call:.3f} s "
                      f"instead of {first.first_run_timings['total']:.3f} s (first-run times shown above).")
     return "\n\n".join(lines)
+
+
+def precision_line(result: SegmentationResult) -> str:
+    """The models' number format, in one line (empty for a result that does not say)."""
+    precision = result.settings.get("precision")
+    if not precision:
+        return ""
+    what = "the exact reference" if precision == "float32" else "autocast"
+    both = " for both methods alike, so the comparison stays fair" if len(result.methods) + len(result.pending) > 1 \
+        else ""
+    return f"Precision: {precision} ({what}) for CLIP and the proposal model{both}."
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,75 +1,196 @@
-"""``--half``: CLIP in float16, as on a GPU.
+"""``--precision``: both models under bfloat16 or float16 autocast, float32 the exact reference, and ``auto``.
 
-``build_clip`` only halves the model on a GPU (float16 is slow on a CPU) and no GPU is lent to this
-project's tests, so the float16 path would otherwise never run before a user's GPU ran it. Here the same
-float16 model runs on the CPU, where PyTorch has the kernels: every dtype conversion between the model and
-the float32 rest of the pipeline (image, crops, text, pooling, scores, heatmaps) is exercised, and the
-answers must match float32's to float16's precision.
+No GPU is lent to this project's tests, so the lower precisions run on the CPU, where PyTorch's autocast
+has them: bfloat16 is what ``auto`` picks on a CPU with native bfloat16, float16 what ``--half`` used to
+give on a GPU. Every dtype conversion between the models and the float32 rest of the pipeline (image,
+crops, text, pooling, scores, heatmaps, the generator's filters) is exercised, and the answers must match
+float32's to the format's precision. ``auto``'s choice is tested with a faked processor and faked timings.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SMALL_CONFIG, scene
-from deop import Segmenter
-from deop.clip.model import build_clip
-from deop.models import ModelCache
-
-pytestmark = pytest.mark.slow
+from deop import Segmenter, precision
+from deop.arguments import config_from_args
+from deop.classify import dense_features
 
 
 @pytest.fixture(scope="module")
-def results(segmenter):
-    """(float32, float16) results of the same image, vocabulary, weights and proposals."""
-    full = segmenter.clip
-    half = replace(full, model=copy.deepcopy(full.model).half())  # what build_clip(half=True) makes on a GPU
-    models = ModelCache()
-    models.clip = lambda *args: half
-    models.proposer = segmenter.models.proposer  # the session's SAM: same proposals
-    half_segmenter = Segmenter(replace(SMALL_CONFIG, half=True), models=models)
-    assert half_segmenter.clip.dtype == torch.float16
-    # NMS off: a random SAM's masks overlap so much that NMS would leave one segment to compare;
-    # 8 of them and one prompt template: float16 is slow on a CPU
+def bf16(segmenter) -> Segmenter:
+    """The session's models (shared weights: precision is autocast, not a copy) at bfloat16."""
+    seg = Segmenter(replace(SMALL_CONFIG, precision="bfloat16"), models=segmenter.models)
+    assert seg.precision == "bfloat16" and seg.clip.precision == "bfloat16"
+    assert seg.clip.model is segmenter.clip.model and seg.proposer.model is segmenter.proposer.model
+    return seg
+
+
+def test_bfloat16_dense_features_agree_with_float32_per_patch(segmenter, bf16):
+    image = scene(seed=5)
+    full = dense_features(segmenter.clip, image, 224)
+    low = dense_features(bf16.clip, image, 224)
+    assert low.dtype == torch.float32 and low.shape == full.shape
+    assert not torch.equal(low, full)  # autocast ran
+    cosine = F.cosine_similarity(full.flatten(1), low.flatten(1), dim=0)
+    assert cosine.min() >= 0.999
+
+
+def test_bfloat16_sam_embedding_within_2_percent(segmenter, bf16):
+    from segment_anything import SamPredictor
+
+    image = scene(seed=6)
+    embeddings = []
+    for proposer in (segmenter.proposer, bf16.proposer):
+        predictor = SamPredictor(proposer.model)
+        with torch.inference_mode(), proposer.autocast():
+            predictor.set_image(image)
+        embeddings.append(predictor.features.float())
+    full, low = embeddings
+    assert not torch.equal(full, low)
+    assert ((low - full).norm() / full.norm()).item() < 0.02
+
+
+@pytest.fixture(scope="module")
+def results(segmenter, bf16):
+    """(float32, bfloat16) results of the same image, vocabulary and weights."""
+    # NMS off: a random SAM's masks overlap so much that NMS would leave one segment to compare
     image, vocabulary = scene(seed=21), "sky, grass, red ball, brown box, tree"
     options = {"box_nms_thresh": 1.0, "max_masks": 8, "templates": "single"}
     return (segmenter.segment(image, vocabulary, method="both", **options),
-            half_segmenter.segment(image, vocabulary, method="both", **options))
+            bf16.segment(image, vocabulary, method="both", **options))
 
 
-def test_float16_results_come_out_as_float32(results):
-    _, half = results
-    assert half.similarity.dtype == np.float32
-    assert half.to_dict()["methods"]["crop"]["segments"]  # JSON-serialisable, segments present
-    for method in half.methods.values():
+def test_bfloat16_masks_are_produced_and_classified_end_to_end(results):
+    full, low = results
+    assert low.settings["precision"] == "bfloat16" and full.settings["precision"] == "float32"
+    assert low.similarity.dtype == np.float32 and low.similarity.shape == full.similarity.shape
+    assert low.methods.keys() == {"one-pass", "crop"}
+    for method in low.methods.values():
         assert method.label_map.dtype == np.int32
-        assert all(isinstance(s.score, float) for s in method.segments)
+        assert len(method.segments) > 1 and all(isinstance(s.score, float) for s in method.segments)
+        assert all(0 <= s.label < 5 for s in method.segments)
+    assert low.to_dict()["settings"]["precision"] == "bfloat16"  # JSON-serialisable, precision recorded
+    np.testing.assert_allclose(low.similarity, full.similarity, atol=0.02)
 
 
-def test_float16_matches_float32_to_its_precision(results):
-    full, half = results
-    np.testing.assert_array_equal(half.segment_map, full.segment_map)
-    assert half.similarity.shape == full.similarity.shape
-    np.testing.assert_allclose(half.similarity, full.similarity, atol=5e-3)
-    assert full.methods.keys() == half.methods.keys() == {"one-pass", "crop"}
+def test_precisions_do_not_share_cached_stages(segmenter, bf16, results):
+    """bfloat16's proposals, dense maps and text embeddings are its own: a float32 request after a
+    bfloat16 one (the same image and models) still gets float32's exact answer."""
+    assert bf16.clip.key != segmenter.clip.key
+    image, vocabulary = scene(seed=21), "sky, grass, red ball, brown box, tree"
+    again = segmenter.segment(image, vocabulary, method="one-pass", box_nms_thresh=1.0, max_masks=8,
+                              templates="single")
+    np.testing.assert_array_equal(again.similarity, results[0].similarity)
+
+
+@pytest.mark.slow
+def test_float16_matches_float32_to_its_precision(segmenter):
+    """What ``--half`` gave on a GPU, now ``--precision float16`` on any device (autocast on this CPU)."""
+    half = Segmenter(replace(SMALL_CONFIG, precision="float16"), models=segmenter.models)
+    image, vocabulary = scene(seed=21), "sky, grass, red ball, brown box, tree"
+    options = {"box_nms_thresh": 1.0, "max_masks": 8, "templates": "single"}
+    full = segmenter.segment(image, vocabulary, method="both", **options)
+    low = half.segment(image, vocabulary, method="both", **options)
+    assert low.settings["precision"] == "float16" and low.similarity.dtype == np.float32
+    np.testing.assert_allclose(low.similarity, full.similarity, atol=5e-3)
     for name in full.methods:
-        a, b = full.methods[name].segments, half.methods[name].segments
-        assert [s.id for s in a] == [s.id for s in b] and len(a) > 1
-        for sa, sb in zip(a, b):
-            pa, pb = dict(sa.top5), dict(sb.top5)
-            top1, top2 = sa.top5[0][1], sa.top5[1][1]
-            if top1 - top2 > 0.02:  # a clear winner in float32 stays the winner in float16
-                assert sb.label == sa.label
-            for cls in pa.keys() & pb.keys():
-                assert pb[cls] == pytest.approx(pa[cls], abs=1e-2)
+        assert len(low.methods[name].segments) > 1
 
 
+# -- auto -------------------------------------------------------------------------------------------------
+def _never(p: str) -> float:
+    raise AssertionError(f"nothing should be measured, asked for {p}")
 
-def test_half_is_ignored_on_the_cpu():
-    clip = build_clip("ViT-B-16-quickgelu", None, torch.device("cpu"), half=True)
-    assert clip.dtype == torch.float32
+
+def test_a_processor_without_bfloat16_gets_float32_unmeasured(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
+    assert precision.supported("cpu") == ()
+    choice = precision.choose("cpu", _never)
+    assert choice.precision == "float32" and choice.seconds == {}
+
+
+@pytest.mark.parametrize("bf16_seconds, expected", [(0.5, "bfloat16"), (0.95, "float32"), (1.3, "float32")])
+def test_a_processor_with_bfloat16_gets_what_measured_faster(monkeypatch, bf16_seconds, expected):
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
+    asked = []
+
+    def measure(p: str) -> float:
+        asked.append(p)
+        return {"float32": 1.0, "bfloat16": bf16_seconds}[p]
+
+    choice = precision.choose("cpu", measure)
+    assert choice.precision == expected and sorted(asked) == ["bfloat16", "float32"]
+    assert choice.seconds == {"float32": 1.0, "bfloat16": bf16_seconds}
+
+
+def test_cpu_bfloat16_comes_from_the_processors_flags():
+    assert precision.cpu_has_bfloat16(frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.cpu_has_bfloat16(frozenset({"amx_bf16", "amx_tile"}))
+    assert not precision.cpu_has_bfloat16(frozenset({"avx512f", "avx512bw", "avx2"}))
+
+
+def test_cuda_takes_bfloat16_where_supported_else_measures_float16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.choose("cuda", _never).precision == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.choose("cuda:0", {"float32": 1.0, "float16": 0.4}.get).precision == "float16"
+    assert precision.choose("cuda:0", {"float32": 1.0, "float16": 1.1}.get).precision == "float32"
+
+
+def test_segmenter_auto_measures_both_models_once_at_load(monkeypatch, segmenter):
+    """With a faked processor and faked timings: a CPU without bfloat16 runs float32 unmeasured; with it, the
+    models run what measured faster, and the choice is measured once per device and models."""
+    from deop.models import ModelCache
+
+    models = ModelCache()
+    models._models = dict(segmenter.models._models)  # the session's loaded models, a fresh choice
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(precision, "timed", lambda *a, **k: _never("anything"))
+    seg = Segmenter(replace(SMALL_CONFIG, precision="auto"), models=models)
+    seg.load()
+    assert seg.precision == "float32" and seg.proposer.precision == "float32"
+
+    models._models = dict(segmenter.models._models)
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
+    calls = []
+
+    def timed(device, p, runs, repeats=2):
+        assert len(runs) == 2  # a CLIP pass and a proposal-encoder pass
+        for run in runs:
+            run()
+        calls.append(p)
+        return {"float32": 2.0, "bfloat16": 1.0}[p]
+
+    monkeypatch.setattr(precision, "timed", timed)
+    seg = Segmenter(replace(SMALL_CONFIG, precision="auto"), models=models)
+    seg.load()
+    assert seg.precision == "bfloat16" and seg.clip.precision == "bfloat16" and seg.proposer.precision == "bfloat16"
+    assert seg.precision_choice.seconds == {"float32": 2.0, "bfloat16": 1.0}
+    _ = Segmenter(replace(SMALL_CONFIG, precision="auto"), models=models).precision
+    assert sorted(calls) == ["bfloat16", "float32"]  # measured once
+
+
+def test_the_option_and_its_environment_variable(monkeypatch):
+    import argparse
+
+    from deop.arguments import add_model_arguments
+    from deop.errors import OptionError
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert config_from_args(parser.parse_args([]), False).precision == "auto"
+    assert config_from_args(parser.parse_args(["--precision", "float32"]), False).precision == "float32"
+    monkeypatch.setenv("DEOP_PRECISION", "bfloat16")
+    assert config_from_args(parser.parse_args([]), False).precision == "bfloat16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "double"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--half"])  # gone: --precision float16
+    with pytest.raises(OptionError, match="precision"):
+        replace(SMALL_CONFIG, precision="int8")

@@ -60,6 +60,7 @@ class BenchRecord:
     peak_rss_mb: float
     cuda_peak_mb: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"  # both models' (``deop.precision``); stock generators always run float32
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -178,7 +179,8 @@ class Bench:
         return BenchRecord(kind, method, n, size, *stats, repeats=len(t), device=str(self.segmenter.device),
                            torch_threads=torch.get_num_threads(), clip_model=c.clip_model, sam_model=c.sam_kind,
                            random_weights=c.random_weights, peak_rss_mb=round(rss, 1),
-                           cuda_peak_mb=None if cuda is None else round(cuda, 1), params=params)
+                           cuda_peak_mb=None if cuda is None else round(cuda, 1), params=params,
+                           precision=self.segmenter.precision)
 
     def classification(self, sizes: Sequence[int], n_masks: Sequence[int], n_classes: int = 20,
                        crop_n_masks: Sequence[int] | None = None) -> list[BenchRecord]:
@@ -436,6 +438,10 @@ class _FixedProposals(Segmenter):
 
 
 def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
+    if p.get("only_proposals"):
+        records = [*bench.proposals_at_counts(**p["proposal_counts"]), bench.memory([])]
+        flat = [r.to_dict() for r in records]
+        return flat + [targets_record(evaluate_targets(flat), flat[0])]
     records = bench.classification(p["sizes"], p["n_masks"], crop_n_masks=p["crop_n_masks"])
     if p["e2e"]:
         records += bench.end_to_end(p["e2e"], p["e2e_methods"])

@@ -91,7 +91,7 @@ def _judge(name: str, value: float | None, limit: float, higher: bool, detail: s
 def targets_record(targets: Sequence[TargetResult], template: dict | None = None) -> dict[str, Any]:
     """The final JSON record: the record schema with no measurement, and the targets list."""
     base = {k: None for k in ("method", "n_masks", "image_size", "seconds_median")}
-    for k in ("device", "torch_threads", "clip_model", "sam_model", "random_weights"):
+    for k in ("device", "torch_threads", "clip_model", "sam_model", "random_weights", "precision"):
         base[k] = (template or {}).get(k)
     return {"kind": "targets", **base, "method": "targets", "targets": [asdict(t) for t in targets]}
 
@@ -106,6 +106,8 @@ def _detail(r: dict) -> str:
         return f"{r.get('sam_model')} {r.get('preset')} pps={r.get('points_per_side')}"
     if r["kind"] == "proposals":
         same = "equal" if r.get("identical") else "DIFFERENT"
+        if r.get("precision", "float32") != "float32":  # stock runs float32: equal only at float32
+            same = f"{same} ({r['precision']} against stock's float32)"
         return (f"{r.get('sam_model')}@{r.get('sam_input_size')} {r.get('preset')} pps={r.get('points_per_side')}, "
                 f"network {r.get('network_seconds')}s, masks {same}")
     if r["kind"] == "click":
@@ -120,15 +122,15 @@ def _detail(r: dict) -> str:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    rows = [("kind", "method", "size", "N", "detail", "median s", "min-max s", "peak RSS MB")]
+    rows = [("kind", "method", "precision", "size", "N", "detail", "median s", "min-max s", "peak RSS MB")]
     for r in records:
         if r["kind"] == "targets":
             continue
         detail = _detail(r)
         med = "" if r["seconds_median"] is None else f"{r['seconds_median']:.3f}"
         spread = "" if r["seconds_min"] is None else f"{r['seconds_min']:.3f}-{r['seconds_max']:.3f}"
-        rows.append((r["kind"], r["method"], str(r["image_size"] or ""), str(r["n_masks"] or ""), detail, med,
-                     spread, f"{r['peak_rss_mb']:.0f}"))
+        rows.append((r["kind"], r["method"], r.get("precision", ""), str(r["image_size"] or ""),
+                     str(r["n_masks"] or ""), detail, med, spread, f"{r['peak_rss_mb']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -23,6 +23,13 @@ class ClipModel:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    precision: str = "float32"  # what it runs at (``deop.precision``); the weights stay as built
+
+    def autocast(self) -> Any:
+        """The context its forward passes run in (nothing at float32)."""
+        from ..precision import autocast
+
+        return autocast(self.device, self.precision)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -30,10 +37,10 @@ class ClipModel:
 
     @property
     def key(self) -> str:
-        return f"{self.name}/{self.pretrained or 'random'}/{self.device}/{self.dtype}"
+        return f"{self.name}/{self.pretrained or 'random'}/{self.device}/{self.dtype}/{self.precision}"
 
 
-def build_clip(name: str, pretrained: str | None, device: torch.device, half: bool = False) -> ClipModel:
+def build_clip(name: str, pretrained: str | None, device: torch.device) -> ClipModel:
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -49,8 +56,6 @@ def build_clip(name: str, pretrained: str | None, device: torch.device, half: bo
                 raise
             raise clip_weights_error(name, pretrained, exc) from exc
     model.eval().requires_grad_(False)
-    if half and device.type in ("cuda", "mps"):  # float16 is slow on a CPU: ignored there
-        model.half()
     visual = model.visual
     size = visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)

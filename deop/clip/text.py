@@ -67,7 +67,7 @@ class TextEmbeddingCache:
         # Batches of similar length, so that each is trimmed to little more than its own prompts.
         order = torch.argsort(tokens.argmax(dim=-1), stable=True)
         chunks = []
-        with torch.inference_mode():
+        with torch.inference_mode(), clip.autocast():
             for i in range(0, len(prompts), self.batch_size):
                 batch = tokens[order[i: i + self.batch_size]].to(clip.device)
                 chunks.append(F.normalize(encode_text(clip.model, batch).float(), dim=-1))

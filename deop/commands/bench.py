@@ -39,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "proposal models whose packages are installed; none with --quick); 'none' for none")
     p.add_argument("--forced-masks", type=int, default=30,
                    help="segments asked for in the proposal models' end-to-end comparison (default 30)")
+    p.add_argument("--proposal-masks", type=_ints, default=None,
+                   help=f"masks passing in the generators' comparison (default {','.join(map(str, MASK_COUNTS))}; "
+                        f"--quick {MASK_COUNTS[0]},{MASK_COUNTS[-1]})")
+    p.add_argument("--only-proposals", action="store_true",
+                   help="only the generators' comparison, fast preset (e.g. --precision float32 against auto)")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
     add_model_arguments(p)
@@ -65,8 +70,10 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         # ours against the stock generator at 1, 30, 100 and 300 passing masks on a real photo; needs SAM, so
         # it goes with the end-to-end runs
         "proposal_counts": None if args.skip_e2e else {
-            "presets": ("fast",) if quick else ("fast", "demo"),
-            "targets": (MASK_COUNTS[0], MASK_COUNTS[-1]) if quick else MASK_COUNTS},
+            "presets": ("fast",) if quick or getattr(args, "only_proposals", False) else ("fast", "demo"),
+            "targets": getattr(args, "proposal_masks", None) or ((MASK_COUNTS[0], MASK_COUNTS[-1]) if quick
+                                                                 else MASK_COUNTS)},
+        "only_proposals": getattr(args, "only_proposals", False),
         "candidates": () if args.skip_e2e or quick else _candidates(),
         # the research tools' costs: a click that adds a segment (SAM at the fast preset's input, MobileSAM),
         # and the severance variants side by side
@@ -100,6 +107,8 @@ def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
 
 
 def steps(p: dict[str, Any]) -> int:
+    if p.get("only_proposals"):
+        return len((p.get("proposal_counts") or {"targets": ()})["targets"])
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
     counts = p.get("proposal_counts") or {"presets": (), "targets": ()}
     return ((len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4

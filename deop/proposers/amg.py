@@ -7,13 +7,13 @@ encoded and decoded again, and the small-region cleanup decodes each mask and la
 it. On a CPU they also pay for memory: each batch's masks are upscaled to the image size all at once, into
 tensors so large that every batch maps and faults in fresh pages, and most of them are dropped next.
 
-Here the prompt encoder and mask decoder are called exactly as the stock predictors call them, and the
+Here the prompt encoder and mask decoder compute exactly what the stock predictors compute, and the
 per-mask scores, boxes and non-maximum suppression come from the very same stock helper functions or, on
 a CPU, from the same integer counts, with tensors of the same device and dtype, so the scores, the order
-and NMS tie-breaking are identical. Only the masks take another road: the IoU threshold is applied before
-the model's own upscaling, which then runs a few masks at a time; each surviving mask is kept bit-packed,
-cropped to its tight box, and the small-region cleanup labels that box plus a one-pixel margin instead of
-the whole image.
+and NMS tie-breaking are identical. Only the masks take another road: SAM v1's mask decoder makes only the
+masks that pass the IoU threshold (``lean_decoder``), the threshold is applied before the model's own
+upscaling, which then runs a few masks at a time; each surviving mask is kept bit-packed, cropped to its
+tight box, and the small-region cleanup labels that box plus a one-pixel margin instead of the whole image.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from torchvision.ops.boxes import batched_nms, box_area
 
 from .base import MaskSet
+from .lean_decoder import decode_points, is_stock_decoder
 
 __all__ = ["FastMaskGenerator", "MaskSet", "remove_small_regions_cropped", "tight_crop"]
 
@@ -301,8 +302,10 @@ class FastMaskGenerator:
     no-op there); ``keep_embedding`` leaves the full image's embedding in ``self.predictor`` after
     ``generate`` (the full-image crop is then run last, its masks still placed first) for later prompts;
     ``predictor`` replaces the stock predictor built from ``model`` (one of the family's stock predictor
-    classes, e.g. already configured). ``last_network_seconds`` is the time of the last ``generate`` spent
-    in ``set_image`` and the predictor's prediction calls, ``last_total_seconds`` all of it.
+    classes, e.g. already configured); ``lean=False`` calls SAM v1's mask decoder module as stock does
+    instead of ``lean_decoder.decode_points`` (same masks, the decoder tests' reference).
+    ``last_network_seconds`` is the time of the last ``generate`` spent in ``set_image`` and the
+    predictor's prediction calls, ``last_total_seconds`` all of it.
     """
 
     def __init__(
@@ -326,6 +329,7 @@ class FastMaskGenerator:
         float32_points: bool = False,
         keep_embedding: bool = False,
         predictor: Any = None,
+        lean: bool = True,
         **family_specific: Any,
     ) -> None:
         if family not in _PRED_IOU_THRESH:
@@ -366,6 +370,8 @@ class FastMaskGenerator:
         self.multimask_output = options["multimask_output"]
         self.last_network_seconds = 0.0
         self.last_total_seconds = 0.0
+        # SAM v1 / MobileSAM's stock decoder, run without its unused work (``lean_decoder``)
+        self.lean_decoder = lean and family == "sam" and is_stock_decoder(self.predictor.model.mask_decoder)
 
     @staticmethod
     def _package(obj: Any) -> str:
@@ -468,20 +474,30 @@ class FastMaskGenerator:
             in_points = torch.as_tensor(transformed_points, device=predictor.device)
             in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
             model = predictor.model
-            with self._network():  # stock SamPredictor.predict_torch up to postprocess_masks
-                sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
-                                                     boxes=None, masks=None)
-                low_res, iou_preds = model.mask_decoder(
-                    image_embeddings=predictor.features, image_pe=model.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
-            mask_points = torch.as_tensor(points.repeat(low_res.shape[1], axis=0))
 
             def upscale(rows: torch.Tensor) -> torch.Tensor:
                 return model.postprocess_masks(rows, predictor.input_size, predictor.original_size)[:, 0]
 
             h, w = predictor.original_size
-            return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale,
-                            max(model.image_encoder.img_size**2, h * w))
+            plane = max(model.image_encoder.img_size**2, h * w)
+            with self._network():  # stock SamPredictor.predict_torch up to postprocess_masks
+                sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
+                                                     boxes=None, masks=None)
+                if self.lean_decoder:  # only the masks that pass the IoU threshold are made
+                    iou_preds, kept, low_res = decode_points(
+                        model.mask_decoder, predictor.features, model.prompt_encoder.get_dense_pe(), sparse, dense,
+                        True, self._passing)
+                else:
+                    low_res, iou_preds = model.mask_decoder(
+                        image_embeddings=predictor.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            mask_points = torch.as_tensor(points.repeat(iou_preds.shape[1], axis=0))
+            if self.lean_decoder:
+                kept = kept.flatten()
+                return _Decoded(low_res[:, None].float(), iou_preds.flatten()[kept].float(),
+                                mask_points[kept.to(mask_points.device)], upscale, plane)
+            return self._thresholded(_Decoded(low_res.flatten(0, 1)[:, None].float(),
+                                              iou_preds.flatten(0, 1).float(), mask_points, upscale, plane))
 
         transforms = predictor._transforms
         points = torch.as_tensor(points, dtype=torch.float32, device=predictor.device)
@@ -489,7 +505,7 @@ class FastMaskGenerator:
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
         if self.use_m2m:
             masks, iou_preds, mask_points = self._predict_m2m(points, in_points, in_labels, im_size)
-            return _Decoded(masks, iou_preds, mask_points, lambda rows: rows, 0)
+            return self._thresholded(_Decoded(masks.float(), iou_preds.float(), mask_points, lambda rows: rows, 0))
         model, features = predictor.model, predictor._features
         with self._network():  # stock SAM2ImagePredictor._predict up to postprocess_masks (img_idx -1)
             sparse, dense = model.sam_prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]),
@@ -506,7 +522,20 @@ class FastMaskGenerator:
             return transforms.postprocess_masks(rows, predictor._orig_hw[-1])[:, 0]
 
         h, w = predictor._orig_hw[-1]
-        return _Decoded(low_res.flatten(0, 1)[:, None], iou_preds.flatten(0, 1), mask_points, upscale_sam2, h * w)
+        return self._thresholded(_Decoded(low_res.flatten(0, 1)[:, None].float(), iou_preds.flatten(0, 1).float(),
+                                          mask_points, upscale_sam2, h * w))
+
+    def _passing(self, iou_preds: torch.Tensor) -> torch.Tensor:
+        """Which masks pass the predicted-IoU threshold (stock's filter: all of them at 0)."""
+        if self.pred_iou_thresh > 0.0:
+            return iou_preds.float() > self.pred_iou_thresh
+        return torch.ones_like(iou_preds, dtype=torch.bool)
+
+    def _thresholded(self, decoded: _Decoded) -> _Decoded:
+        """Stock's IoU filter, applied before the upscaling (each mask's filters depend on it alone)."""
+        if self.pred_iou_thresh > 0.0:
+            return decoded.select(decoded.iou_preds > self.pred_iou_thresh)
+        return decoded
 
     def _predict_m2m(self, points: torch.Tensor, in_points: torch.Tensor, in_labels: torch.Tensor,
                      im_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -541,10 +570,8 @@ class FastMaskGenerator:
         on a CPU: writing them cost more than computing them."""
         if self.before_batch is not None:
             self.before_batch()
-        decoded = self._decode(points, im_size)
+        decoded = self._decode(points, im_size)  # only the masks whose predicted IoU passes
         mask_threshold = self.mask_threshold if self.family == "sam2" else self.predictor.model.mask_threshold
-        if self.pred_iou_thresh > 0.0:
-            decoded = decoded.select(decoded.iou_preds > self.pred_iou_thresh)
         parts = [self._process_masks(decoded, rows, mask_threshold, crop_box, orig_size)
                  for rows in decoded.chunks()] or [self._process_masks(decoded, slice(0, 0), mask_threshold,
                                                                       crop_box, orig_size)]

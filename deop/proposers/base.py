@@ -294,6 +294,12 @@ class Proposer:
 
     spec: ProposerSpec
     model: Any
+    precision: str = "float32"  # what it runs at (``deop.precision``); the weights stay as built
+
+    def autocast(self) -> Any:
+        from ..precision import autocast
+
+        return autocast(next(self.model.parameters()).device, self.precision)
 
     @property
     def input_size(self) -> int:
@@ -302,7 +308,7 @@ class Proposer:
     def masks(self, image: np.ndarray, config: ProposalConfig, deadline: Deadline | None = None) -> MaskSet:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             return self.spec.family.generate(self.model, image, config, deadline)
 
     def propose(self, image: np.ndarray, config: ProposalConfig, deadline: Deadline | None = None) -> Proposals:
@@ -332,7 +338,7 @@ class Proposer:
 
         coords = np.array([[x, y] for x, y, _ in points], dtype=np.float32)
         labels = np.array([1 if positive else 0 for *_, positive in points], dtype=np.int32)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             masks, scores, logits = proposals.prompter.predict(
                 point_coords=coords, point_labels=labels, mask_input=mask_input, multimask_output=len(points) == 1)
         best = int(np.argmax(scores))
