@@ -125,7 +125,7 @@ def test_a_processor_with_bfloat16_gets_what_measured_faster(monkeypatch, bf16_s
         return {"float32": 1.0, "bfloat16": bf16_seconds}[p]
 
     choice = precision.choose("cpu", measure)
-    assert choice.precision == expected and sorted(asked) == ["bfloat16", "float32"]
+    assert choice.precision == expected and asked == ["float32", "bfloat16"] * precision.ROUNDS  # alternating
     assert choice.seconds == {"float32": 1.0, "bfloat16": bf16_seconds}
 
 
@@ -160,7 +160,7 @@ def test_segmenter_auto_measures_both_models_once_at_load(monkeypatch, segmenter
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
     calls = []
 
-    def timed(device, p, runs, repeats=2):
+    def timed(device, p, runs, warmup=True):
         assert len(runs) == 2  # a CLIP pass and a proposal-encoder pass
         for run in runs:
             run()
@@ -173,7 +173,7 @@ def test_segmenter_auto_measures_both_models_once_at_load(monkeypatch, segmenter
     assert seg.precision == "bfloat16" and seg.clip.precision == "bfloat16" and seg.proposer.precision == "bfloat16"
     assert seg.precision_choice.seconds == {"float32": 2.0, "bfloat16": 1.0}
     _ = Segmenter(replace(SMALL_CONFIG, precision="auto"), models=models).precision
-    assert sorted(calls) == ["bfloat16", "float32"]  # measured once
+    assert calls == ["float32", "bfloat16"] * precision.ROUNDS  # measured once per device and models
 
 
 def test_the_option_and_its_environment_variable(monkeypatch):
@@ -194,3 +194,37 @@ def test_the_option_and_its_environment_variable(monkeypatch):
         parser.parse_args(["--half"])  # gone: --precision float16
     with pytest.raises(OptionError, match="precision"):
         replace(SMALL_CONFIG, precision="int8")
+
+
+# -- where the precision is shown -------------------------------------------------------------------------
+def test_the_latency_text_says_the_precision_is_both_methods(results):
+    from deop import ui
+
+    full, low = results
+    assert "Precision: bfloat16" in ui.latency_markdown(low) and "both methods alike" in ui.latency_markdown(low)
+    assert "Precision: float32 (the exact reference)" in ui.latency_markdown(full)
+
+
+def test_bench_records_carry_the_precision(bf16):
+    from deop.bench.measure import Bench, synthetic_image
+    from deop.bench.report import format_table
+
+    bench = Bench(bf16, repeats=1, warmup=0)
+    records = [r.to_dict() for r in bench.proposals_at_counts(presets=("fast",), targets=(3,), points_per_side=2,
+                                                              image=synthetic_image(256))]
+    assert [r["method"] for r in records] == ["stock", "deop"]
+    assert {r["precision"] for r in records} == {"bfloat16"}
+    assert "bfloat16 against stock's float32" in format_table(records)
+
+
+def test_bench_compares_the_proposal_stage_alone():
+    import argparse
+
+    from deop.commands.bench import add_parser, plan, steps
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--only-proposals", "--proposal-masks", "30", "--precision", "float32"])
+    p = plan(args)
+    assert p["only_proposals"] and p["proposal_counts"] == {"presets": ("fast",), "targets": (30,)}
+    assert steps(p) == 1 and config_from_args(args, False).precision == "float32"
