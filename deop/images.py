@@ -22,6 +22,11 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 MAX_PIXELS = 50_000_000
+# The long side may be at most this many times the short side. The models see the image scaled (the working
+# size, SAM's input, CLIP's), and past this a short side can round to zero pixels at one of them (SAM at its
+# smallest input, 64 px, keeps a short side of at least one pixel up to about 128:1 of the working image, which
+# rounding at the working size can make up to 1.5x narrower than the upload).
+MAX_ASPECT = 64
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
@@ -210,6 +215,16 @@ def collect_images(inputs: list[str] | tuple[str, ...]) -> tuple[list[Path], lis
         else:
             errors.append(f"{path}: no such file or folder")
     return files, errors
+
+
+def check_proportions(size: tuple[int, int]) -> None:
+    """An ImageError naming the limit for an image (height, width) too narrow for the models (``MAX_ASPECT``):
+    the CLI, the app and the API all refuse it with this message, before any model runs."""
+    height, width = size
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise ImageError(f"the image is too narrow to segment: {width} x {height} pixels, its long side more than "
+                         f"{MAX_ASPECT} times its short side (the limit: scaled to the models' input sizes, its "
+                         "short side would shrink below one pixel); crop it, or pad its short side")
 
 
 def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from .classify import dense_features, encode_crops, labels_from
 from .clip.severance import SEVERANCE_VARIANTS
 from .config import SegmenterConfig, SegmentOptions
 from .errors import DeviceOutOfMemory
-from .images import image_key, load_image, resize_max_side
+from .images import check_proportions, image_key, load_image, resize_max_side
 from .methods import Labels, Method, methods_of
 from .models import MODELS, RANDOM_WEIGHTS_WARNING, ModelCache, resolve_device
 from .proposers import Proposals, Proposer, get_proposer
@@ -231,6 +231,7 @@ class Segmenter:
                                 deadline, report)
         if input_size is not None:
             request.input_size = (int(input_size[0]), int(input_size[1]))
+        check_proportions(request.input_size)  # a short side that would round to zero at a model's input size
         if any(m.uses_proposals for m in methods):
             report(0.1, f"Proposing masks with {self.proposer_spec.title}")
             timed, hit = self.proposals(request.work, request.options, request.key, deadline)

@@ -285,3 +285,65 @@ def load_into(model, path: Path, title: str, key: str | None = None) -> None:
         model.load_state_dict(state)
     except RuntimeError as exc:  # wrong keys or shapes: a file of another kind
         raise WeightsError(f"{path} does not hold {title} weights ({exc}); delete it to fetch it again") from exc
+
+
+# -- the checkpoint folder's README ---------------------------------------------------------------------------
+# Each checkpoint file's size in bytes and SHA-256: SAM's and MobileSAM's as their ``Checkpoint`` pins it (a
+# test checks they agree); SAM 2.1's as the Hugging Face Hub declares it (its LFS object id, the same bytes as
+# Meta's own download). ``checkpoints/README.md`` is generated from these and the proposal models' registry.
+FILES: dict[str, tuple[int, str]] = {
+    "sam_vit_b_01ec64.pth": (375_042_383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "sam_vit_l_0b3195.pth": (1_249_524_607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "sam_vit_h_4b8939.pth": (2_564_550_879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    "mobile_sam.pt": (40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
+    "sam2.1_hiera_tiny.pt": (156_008_466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+    "sam2.1_hiera_small.pt": (184_416_285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    "sam2.1_hiera_base_plus.pt": (323_606_802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    "sam2.1_hiera_large.pt": (898_083_611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+}
+README_HEAD = """# checkpoints/
+
+The proposal models' weights go in this folder (or in the one `$DEOP_CHECKPOINT_DIR` names). Nothing is
+bundled and git ignores everything here but this README. SAM's and MobileSAM's files are fetched into this
+folder on first use and checked against the SHA-256 below before they are used; SAM 2.1's come through the
+Hugging Face cache unless a file of that name is here. On a machine without internet, fetch the file
+elsewhere with the command given (from the repository's root), check it (`sha256sum FILE`), and put it
+here under that name.
+
+CLIP's weights are not kept here: open_clip fetches them into the Hugging Face cache (`$HF_HOME`).
+
+This file is generated from the proposal models' registry (`deop/proposers`) and the sizes in
+`deop/weights.py` (`python -m deop.weights > checkpoints/README.md`); a test fails when they differ.
+"""
+
+
+def checkpoints_readme(specs) -> str:
+    """``checkpoints/README.md``: for each proposal model with weights (``deop.proposers.ProposerSpec``), its
+    file, size, SHA-256 and how to fetch it by hand."""
+    parts = [README_HEAD]
+    for spec in specs:
+        source = spec.weights
+        if source is None:  # random weights only (tests)
+            continue
+        if source.filename not in FILES:
+            raise KeyError(f"{source.filename} ({spec.name}) has no size and SHA-256 in deop.weights.FILES")
+        size, sha256 = FILES[source.filename]
+        if isinstance(source, HubCheckpoint):
+            where = (f"on first use from the Hugging Face Hub's `{source.repo_id}` into its cache, checked against "
+                     "the SHA-256 the Hub declares (this one); a file of this name here is used instead")
+        else:
+            pinned = f" (as {source.source} pins it)" if source.source else ""
+            where = f"on first use into this folder, checked against this SHA-256{pinned}"
+        parts.append(f"\n## {spec.title} (`--sam {spec.name}`)\n\n"
+                     f"- file: `{source.filename}`, {size:,} bytes ({size / 2**20:,.0f} MiB)\n"
+                     f"- SHA-256: `{sha256}`\n"
+                     f"- fetched: {where}\n"
+                     f"- by hand: `curl -L -o checkpoints/{source.filename} {source.url}`\n")
+    return "".join(parts)
+
+
+if __name__ == "__main__":  # run as a script, this file is another module than the registry's deop.weights
+    from deop.proposers import PROPOSERS
+    from deop.weights import checkpoints_readme as readme
+
+    print(readme(PROPOSERS.values()), end="")

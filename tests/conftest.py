@@ -84,7 +84,7 @@ def scene_image() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def app_url(segmenter):
-    from app import build_app
+    from deop.web.app import build_app
 
     with serve(build_app(SMALL_CONFIG)) as url:
         yield url
@@ -95,7 +95,7 @@ def sparse_app():
     """An app whose segments cover little (two masks at most), so that uncovered pixels exist to click."""
     from dataclasses import replace
 
-    from app import build_app
+    from deop.web.app import build_app
 
     demo = build_app(replace(SMALL_CONFIG, options=SMALL_CONFIG.options.with_overrides(max_masks=2)),
                      calibrate=False)
@@ -106,7 +106,7 @@ def sparse_app():
 @contextmanager
 def serve(demo):
     """Launch a built app as ``python app.py`` does (same allowed paths) on a free port; close it after."""
-    from app import launch
+    from deop.web.app import launch
 
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from amg_support import assert_same_records, with_small_masks
+from amg_support import assert_same_records, require_sam2, with_small_masks
 from deop.proposers.amg import FastMaskGenerator, MaskSet
 
 # A random decoder's logits lie within about +-0.1, so stock's offset of 1 would make every stability score 0
@@ -279,6 +279,7 @@ def test_cuda_sam(amg_sam_256, image_a, opts):
 
 @CUDA
 def test_cuda_sam2(image_a):
+    require_sam2()
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app as app_module
 from conftest import scene
 from deop.clip.severance import SEVERANCE_VARIANTS
 
@@ -57,14 +56,14 @@ def test_a_rerun_that_needs_new_proposals_says_so(session):
     assert out[STATUS].startswith("Not re-run: points per side changed") and "/segment" in out[STATUS]
 
 
-def test_bad_clicks_are_named_and_added_segments_are_capped(session, monkeypatch):
+def test_bad_clicks_are_named_and_added_segments_are_capped(session, sparse_app, monkeypatch):
     client, _, (x, y) = session
     for bad, name in (("abc", "x"), (None, "x"), (10**400, "x")):
         with pytest.raises(Exception, match=f"{name} must be a pixel position"):
             client.predict(bad, y, "add a segment", api_name="/add_segment")
     with pytest.raises(Exception, match="lies outside"):
         client.predict(10_000, y, "add a segment", api_name="/add_segment")
-    monkeypatch.setattr(app_module, "MAX_ADDED", 1)
+    monkeypatch.setattr(sparse_app[0].deop, "max_added", 1)  # the server's limit
     _, first, _ = client.predict(x, y, "add a segment", api_name="/add_segment")
     _, second, _ = client.predict(x, y, "add a segment", api_name="/add_segment")
     assert "Added segment 1" in first and second.startswith("At most 1 added segments per image")

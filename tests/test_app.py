@@ -66,9 +66,9 @@ def test_without_weights_the_page_loads_and_explains(tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from app import build_app
     from conftest import serve
     from deop import SegmenterConfig
+    from deop.web.app import build_app
 
     config = SegmenterConfig(device="cpu", checkpoint_dir=str(tmp_path / "empty"), download=False)
     with serve(build_app(config)) as url:

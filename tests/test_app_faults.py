@@ -104,8 +104,8 @@ def test_a_request_past_the_time_limit_is_cut_and_the_app_goes_on(segmenter, goo
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from app import build_app
     from conftest import SMALL_CONFIG, serve
+    from deop.web.app import build_app
 
     with serve(build_app(SMALL_CONFIG, time_limit=8.0, calibrate=False)) as url:
         client = Client(url, verbose=False)
@@ -123,8 +123,8 @@ def test_a_request_that_cannot_fit_the_time_limit_is_refused_up_front(segmenter,
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from app import build_app
     from conftest import SMALL_CONFIG, serve
+    from deop.web.app import build_app
 
     with serve(build_app(SMALL_CONFIG, time_limit=8.0)) as url:
         client = Client(url, verbose=False)
@@ -154,7 +154,7 @@ def test_the_server_serves_only_its_outputs_and_the_examples(app_url, client, go
         assert _status(file_url + path) == 403, path
     # our own output folder is not served directly: Gradio copies each returned file into its cache
     files = client.predict(handle_file(good_image), "sky", "one-pass", api_name="/segment")[4]
-    from app import work_dir
+    from deop.web.files import work_dir
 
     ours = sorted((work_dir() / "results").glob("result-*/segmentation.json"))
     assert ours and _status(file_url + str(ours[-1])) == 403
@@ -167,7 +167,7 @@ def test_cached_images_are_replaced_not_rewritten_under_a_reader(tmp_path):
 
     from gradio import processing_utils
 
-    from app import atomic_image_cache
+    from deop.web.workarounds import atomic_image_cache
 
     atomic_image_cache()
     image = Image.fromarray(scene(seed=30))

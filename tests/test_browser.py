@@ -61,6 +61,11 @@ def test_upload_type_segment_and_see_both_methods(browser, page_url, tmp_path, v
     page.wait_for_timeout(500)
     body = page.inner_text("body")
     assert any(c in body for c in ("sky", "grass", "ball"))
+    # the four result tabs in sight, on a phone too: none behind Gradio's "..." menu (a phone showed only the first)
+    for tab in ("Inspect a segment", "Compare variants", "Class heatmap", "Downloads"):
+        found = page.get_by_role("tab", name=tab, exact=True)
+        assert found.is_visible() and found.bounding_box()["x"] + found.bounding_box()["width"] <= viewport[0], tab
+    assert not page.get_by_role("button", name="More tabs").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.close()

@@ -369,3 +369,44 @@ def test_data_files_pil_recognises_but_cannot_read_are_not_images():
     image", not "truncated or corrupt"."""
     with pytest.raises(ImageError, match=r"not an image file: scan\.h5 \(a HDF5 data file\)"):
         load_image(b"\x89HDF\r\n\x1a\n" + bytes(600), display_name="scan.h5")
+
+
+# -- images too narrow for the models ------------------------------------------------------------------------
+NARROW = [(1, 20000), (20000, 2), (1, 65), (3, 200)]  # (height, width): a short side past MAX_ASPECT
+
+
+@pytest.mark.parametrize("size", NARROW)
+def test_an_image_too_narrow_for_the_models_is_refused_with_the_limit(segmenter, size):
+    """A short side that would round to zero pixels at SAM's or CLIP's input size is an ImageError naming the
+    limit, raised before any model runs (it was SAM's "height and width must be > 0", an internal error)."""
+    from deop.errors import ImageError
+    from deop.images import MAX_ASPECT
+
+    image = np.full((*size, 3), 128, dtype=np.uint8)
+    with pytest.raises(ImageError, match=f"too narrow to segment: {size[1]} x {size[0]} pixels, its long side more "
+                                         f"than {MAX_ASPECT} times its short side"):
+        segmenter.segment(image, "sky, grass", "both")
+
+
+@pytest.mark.parametrize("size", [(1, 64), (64, 1), (2, 128), (10, 640), (1, 1)])
+def test_images_at_the_limit_run_at_the_smallest_model_sizes(segmenter, size):
+    """Up to MAX_ASPECT every method runs, even at the smallest SAM input, working size and CLIP input the
+    options allow (the sizes at which a short side shrinks most)."""
+    image = np.full((*size, 3), 128, dtype=np.uint8)
+    image[: max(1, size[0] // 2)] = (200, 30, 30)
+    opts = segmenter.config.options.with_overrides(sam_input_size=64, max_side=32, clip_size=32)
+    result = segmenter.segment(image, "sky, grass", "both", options=opts)
+    assert result.methods["one-pass"].label_map.shape == size and not result.pending
+
+
+def test_the_cli_names_a_narrow_image_and_goes_on(tmp_path, capsys):
+    from deop.commands import main
+
+    Image.fromarray(np.full((2, 20000, 3), 128, dtype=np.uint8)).save(tmp_path / "strip.png")
+    Image.fromarray(np.full((60, 80, 3), 128, dtype=np.uint8)).save(tmp_path / "fine.png")
+    code = main(["segment", str(tmp_path / "strip.png"), str(tmp_path / "fine.png"), "--classes", "sky",
+                 "--method", "one-pass", "--out", str(tmp_path / "out"), "--random-weights", "--device", "cpu",
+                 "--sam", "tiny", "--points-per-side", "4", "--max-side", "256", "--clip-size", "224"])
+    err = capsys.readouterr().err
+    assert code == 1 and "strip.png: the image is too narrow to segment: 20000 x 2 pixels" in err
+    assert "internal error" not in err and (tmp_path / "out" / "fine.json").exists()

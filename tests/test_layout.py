@@ -140,7 +140,7 @@ def test_flag_then_environment_then_default(monkeypatch):
 
 def test_the_app_takes_its_port_flag_over_the_environment(monkeypatch):
     """app.py reads GRADIO_SERVER_PORT only when --port is not given (the rule every setting follows)."""
-    import app
+    from deop.web import app
 
     seen = {}
     monkeypatch.setattr(app, "build_app", lambda config, time_limit, **kw: seen.update(config=config))
@@ -180,7 +180,7 @@ def test_models_load_under_their_own_locks():
 
 
 def test_a_bad_app_setting_is_one_line_and_exit_status_2(monkeypatch, capsys):
-    import app
+    import app  # the Space's entry point: python app.py
 
     monkeypatch.setenv("GRADIO_SERVER_PORT", "eighty")
     monkeypatch.setattr(sys, "argv", ["app.py"])
@@ -194,34 +194,34 @@ def test_a_bad_app_setting_is_one_line_and_exit_status_2(monkeypatch, capsys):
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="no uids here")
 def test_the_apps_folder_in_a_shared_temp_dir_must_be_this_users_own(monkeypatch, tmp_path):
     """Another local user could create /tmp/deop-app-<uid> first and read the uploads put there."""
-    import app
+    from deop.web import files
 
     monkeypatch.delenv("DEOP_APP_DIR", raising=False)
-    monkeypatch.setattr(app.tempfile, "gettempdir", lambda: str(tmp_path))
-    assert app.work_dir() == tmp_path / f"deop-app-{os.getuid()}"  # made here, private
+    monkeypatch.setattr(files.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert files.work_dir() == tmp_path / f"deop-app-{os.getuid()}"  # made here, private
     assert (tmp_path / f"deop-app-{os.getuid()}").stat().st_mode & 0o777 == 0o700
     (tmp_path / f"deop-app-{os.getuid()}").chmod(0o777)  # as if someone else had made it open
     with pytest.raises(OptionError, match="is not this user's own .* set DEOP_APP_DIR"):
-        app.work_dir()
+        files.work_dir()
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="no uids here")
 def test_a_dangling_link_in_place_of_the_apps_folder_is_named(monkeypatch, tmp_path):
-    import app
+    from deop.web import files
 
     monkeypatch.delenv("DEOP_APP_DIR", raising=False)
-    monkeypatch.setattr(app.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(files.tempfile, "gettempdir", lambda: str(tmp_path))
     (tmp_path / f"deop-app-{os.getuid()}").symlink_to(tmp_path / "gone")
     with pytest.raises(OptionError, match="cannot make the app's folder .* set DEOP_APP_DIR"):
-        app.work_dir()
+        files.work_dir()
 
 
 def test_a_data_url_is_one_file_per_image_so_that_it_re_runs():
     import base64
 
-    import app
+    from deop.web.workarounds import data_url_file
 
     url = "data:image/png;base64," + base64.b64encode(b"the same bytes").decode()
-    first, again = app.data_url_file(url), app.data_url_file(url)
+    first, again = data_url_file(url), data_url_file(url)
     assert first == again and Path(first).read_bytes() == b"the same bytes"
-    assert app.data_url_file(url.replace("c2FtZ", "c2FtZ").replace("Ynl0ZXM=", "Ynl0ZQ==")) != first
+    assert data_url_file(url.replace("c2FtZ", "c2FtZ").replace("Ynl0ZXM=", "Ynl0ZQ==")) != first

@@ -41,8 +41,8 @@ def test_concurrent_clients_get_exactly_their_own_results(app_url, tmp_path):
 def test_a_burst_past_the_queue_gets_busy_and_the_server_goes_on(segmenter, tmp_path):
     from gradio_client import Client, handle_file
 
-    from app import build_app
     from conftest import SMALL_CONFIG, serve
+    from deop.web.app import build_app
 
     with serve(build_app(SMALL_CONFIG, queue_size=2)) as url:
         path = tmp_path / "x.png"
@@ -91,8 +91,8 @@ def test_a_soak_of_sessions_with_photos_and_49_megapixel_images_keeps_memory_fla
     the server's RSS within 300 MB of its level after the first request."""
     from gradio_client import Client, handle_file
 
-    from app import build_app
     from conftest import SMALL_CONFIG, serve
+    from deop.web.app import build_app
 
     config = replace(SMALL_CONFIG, options=replace(SMALL_CONFIG.options, max_side=1024))
     demo = build_app(config, calibrate=False)
@@ -128,8 +128,8 @@ def test_an_abandoned_request_frees_the_queue(tmp_path):
 
     from gradio_client import Client, handle_file
 
-    from app import build_app
     from conftest import SMALL_CONFIG, serve
+    from deop.web.app import build_app
 
     heavy = _photo(tmp_path / "heavy.png", 5, 960, 1280)
     small = _photo(tmp_path / "small.png", 6, 120, 160)

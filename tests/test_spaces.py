@@ -14,7 +14,7 @@ from conftest import SMALL_CONFIG
 
 def test_outside_zerogpu_the_spaces_decorator_changes_nothing():
     pytest.importorskip("spaces")
-    from app import on_gpu
+    from deop.web.gpu import on_gpu
 
     def handler(image, vocabulary):
         yield image
@@ -56,8 +56,8 @@ def zerogpu(monkeypatch):
 def test_on_zerogpu_only_the_model_work_is_decorated_sized_to_its_inputs(zerogpu, segmenter):
     """Handlers keep the sessions in the server process; what runs in a ZeroGPU worker is the model work,
     and the duration it asks for grows with the work the request asks for."""
-    from app import build_app
     from deop.config import PROPOSAL_PRESETS
+    from deop.web.app import build_app
 
     demo = build_app(SMALL_CONFIG, calibrate=False)
     assert set(zerogpu) == {"stream_on_gpu", "add_on_gpu", "compare_on_gpu", "relabel_on_gpu"}
@@ -80,8 +80,8 @@ def test_on_zerogpu_sessions_survive_the_worker_boundary(zerogpu, segmenter, tmp
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    from app import build_app
     from conftest import scene, serve
+    from deop.web.app import build_app
 
     path = tmp_path / "scene.png"
     Image.fromarray(scene(seed=16)).save(path)

@@ -266,3 +266,34 @@ def test_clip_weights_error_message():
     for part in ("ViT-B-16", "'openai'", "offline", "HF_HOME", "~/.cache/huggingface", "HF_HUB_OFFLINE=1",
                  "--random-weights"):
         assert part in msg
+
+
+def test_the_checkpoint_folders_readme_is_generated_from_the_registry():
+    """checkpoints/ exists in a fresh clone with a README listing, for every model with weights, its file,
+    size, SHA-256 and how to fetch it by hand; a model added to the registry without them fails here."""
+    readme = Path(__file__).resolve().parent.parent / "checkpoints" / "README.md"
+    assert readme.read_text() == weights.checkpoints_readme(PROPOSERS.values()), \
+        "checkpoints/README.md is stale: python -m deop.weights > checkpoints/README.md"
+    for spec in PROPOSERS.values():
+        if spec.weights is not None:
+            size, sha256 = weights.FILES[spec.weights.filename]
+            assert f"`{spec.weights.filename}`, {size:,} bytes" in readme.read_text() and sha256 in readme.read_text()
+            if isinstance(spec.weights, Checkpoint):  # the sum the download is checked against
+                assert sha256 == spec.weights.sha256, spec.name
+    from dataclasses import replace
+
+    new = replace(PROPOSERS["vit_b"], weights=Checkpoint("https://example.invalid/new.pth", "new.pth", "0" * 64))
+    with pytest.raises(KeyError, match="no size and SHA-256"):
+        weights.checkpoints_readme([new])
+
+
+def test_git_keeps_the_checkpoint_readme_and_ignores_the_weights(tmp_path):
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "checkpoints/sam_vit_b_01ec64.pth",
+                              "checkpoints/README.md"], cwd=root, capture_output=True, text=True).stdout.split()
+    assert ignored == ["checkpoints/sam_vit_b_01ec64.pth"]
