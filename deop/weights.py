@@ -323,7 +323,8 @@ def checkpoints_readme(specs) -> str:
     parts = [README_HEAD]
     for spec in specs:
         source = spec.weights
-        if source is None:  # random weights only (tests)
+        if source is None:  # random weights only (tests), or weights without a published checksum
+            parts.append(spec.family.weights_readme(spec) or "")
             continue
         if source.filename not in FILES:
             raise KeyError(f"{source.filename} ({spec.name}) has no size and SHA-256 in deop.weights.FILES")

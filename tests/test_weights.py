@@ -280,6 +280,8 @@ def test_the_checkpoint_folders_readme_is_generated_from_the_registry():
             assert f"`{spec.weights.filename}`, {size:,} bytes" in readme.read_text() and sha256 in readme.read_text()
             if isinstance(spec.weights, Checkpoint):  # the sum the download is checked against
                 assert sha256 == spec.weights.sha256, spec.name
+    assert "`deop_model_final.pth`" in readme.read_text() and "--deop-checkpoint" in readme.read_text(), \
+        "the trained model's checkpoint (no published checksum) has its own section"
     from dataclasses import replace
 
     new = replace(PROPOSERS["vit_b"], weights=Checkpoint("https://example.invalid/new.pth", "new.pth", "0" * 64))

@@ -251,6 +251,11 @@ class ProposerFamily:
         of dicts), for the tests' and the bench's comparisons."""
         raise NotImplementedError
 
+    def weights_readme(self, spec: ProposerSpec) -> str | None:
+        """A section of ``checkpoints/README.md`` for weights that are not a ``Checkpoint`` entry (no published
+        checksum to pin), or None."""
+        return None
+
     def stock_model(self, model: nn.Module) -> Any:
         """A context manager giving the model as its package ships it (the bench's stock reference)."""
         from contextlib import nullcontext

@@ -80,6 +80,17 @@ class DeopTrainedFamily(ProposerFamily):
         masks.network_seconds = seconds
         return masks
 
+    def weights_readme(self, spec: ProposerSpec) -> str:
+        from ..trained.checkpoint import CHECKPOINT_URL, CONVERTED, FILENAME, NO_CHECKSUM
+
+        return (f"\n## {spec.title} (`--model {spec.name}`)\n\n"
+                f"- file: `{FILENAME}` (the authors' `model_final.pth`, a detectron2 checkpoint of about 0.9 GB; "
+                f"{NO_CHECKSUM}: its structure is checked strictly and its SHA-256 printed)\n"
+                f"- fetched: on first use with gdown from the authors' Google Drive into this folder, then converted "
+                f"once to `{CONVERTED}` beside it, which later runs read\n"
+                f"- by hand: open {CHECKPOINT_URL} in a browser, save the file as `checkpoints/{FILENAME}` (or give "
+                f"its path with `--deop-checkpoint` / `DEOP_CHECKPOINT`)\n")
+
     def stock_generator(self, model: Any, config: Any) -> Any:
         raise OptionError("DeOP's trained generator has no stock automatic generator to compare with (the "
                           "official one needs detectron2)")
