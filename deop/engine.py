@@ -10,8 +10,8 @@ one per image.
 
 Ray is optional: nothing here imports it before a Ray run starts, and a missing Ray is an ``EngineError``
 that says how to install it. A Ray session already open in the process (a notebook's, the tests') is used
-as it is (its workers must be able to import deop: ``package_env``); otherwise one is started for the run (``ray.init``: the cluster at the address, else a local
-Ray) and shut down after it.
+as it is (its workers must be able to import deop: ``package_env``); otherwise one is started for the run
+(``ray.init``: the cluster at the address, else a local Ray) and shut down after it.
 """
 
 from __future__ import annotations
@@ -208,7 +208,6 @@ class SegmentActor:
 def segment_one(segmenter: Any, vocabulary: Any, method: str, out_dir: Path, path: str, stem: str,
                 image: np.ndarray | None, error: str = "") -> tuple[str, str]:
     """(the line to print, "") or ("", the error) for one image: segmented and its outputs written."""
-    from .commands.segment import timing_line
     from .export import save_result
     from .images import load_image
 
@@ -221,6 +220,22 @@ def segment_one(segmenter: Any, vocabulary: Any, method: str, out_dir: Path, pat
     except DeopError as exc:
         return "", f"{path}: {exc}"
     return f"{path} -> {written['overlay']}  [{timing_line(result)}]", ""
+
+
+def timing_line(result: Any) -> str:
+    """The line ``segment`` prints per image: each method's stage times, and which way the speed-up went."""
+    parts = []
+    for name, m in result.methods.items():
+        t = m.timings
+        parts.append(f"{name}: {t['total']:.2f}s (proposals {t['proposals']:.2f}, image {t['image_encoding']:.2f},"
+                     f" text {t['text_encoding']:.2f}, classify {t['classification']:.2f})")
+    line = "; ".join(parts)
+    summary = result.comparison_summary()
+    if summary and summary.one_pass_won:
+        line += f"; one-pass CLIP stage {summary.clip:.1f}x faster than crops"
+    elif summary:
+        line += f"; crops {1 / summary.clip:.1f}x faster than one pass with only {summary.segments}"
+    return line
 
 
 def segment_ray(config: SegmenterConfig, vocabulary: Any, method: str, out_dir: Path,

@@ -309,7 +309,7 @@ class Partial:
     counts: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (dataset, sample name, message)
-    seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # per dataset: time spent scoring its images
 
     def add(self, other: Partial) -> Partial:
         for key, counts in other.counts.items():
@@ -318,7 +318,8 @@ class Partial:
         for key, n in other.images.items():
             self.images[key] = self.images.get(key, 0) + n
         self.failed += other.failed
-        self.seconds += other.seconds
+        for key, t in other.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + t
         return self
 
     def matrix(self, spec: DatasetSpec, run: str) -> ConfusionMatrix:
@@ -336,7 +337,10 @@ class Scorer:
             from .pipeline import Segmenter
 
             segmenter = Segmenter(config)
-            segmenter.load()
+            if any(r.method in ("one-pass", "crop") for r in plan.runs):
+                segmenter.load()
+            else:  # dense only: no proposal model to load (nor its checkpoint to fetch)
+                _ = segmenter.clip
         self.segmenter = segmenter
         self.plan = plan
 
@@ -367,12 +371,12 @@ class Scorer:
         import time
 
         part = Partial()
-        start = time.perf_counter()
         for d in decoded:
             spec = self.plan.datasets[d.sample.benchmark]
             if d.error:
                 part.failed.append((spec.key, d.sample.name, d.error))
                 continue
+            start = time.perf_counter()
             try:
                 predictions = self.predict(spec, d.image)
                 matrices = {}
@@ -395,7 +399,7 @@ class Scorer:
                 key = (spec.key, name)
                 part.counts[key] = part.counts[key] + counts if key in part.counts else counts
             part.images[spec.key] = part.images.get(spec.key, 0) + 1
-        part.seconds = time.perf_counter() - start
+            part.seconds[spec.key] = part.seconds.get(spec.key, 0.0) + time.perf_counter() - start
         return part
 
 
@@ -425,10 +429,13 @@ def benchmark_report(plan: Plan, partial: Partial, listed: Mapping[str, int], se
     table: dict[str, dict[str, float | None]] = {r.name: {} for r in plan.runs}
     for key, spec in plan.datasets.items():
         failed = [{"name": n, "error": e} for k, n, e in partial.failed if k == key]
+        images, seconds = partial.images.get(key, 0), partial.seconds.get(key, 0.0)
         entry: dict[str, Any] = {
             "title": spec.title, "classes": spec.n_classes, "layout": spec.layout.name, "listed": listed.get(key, 0),
-            "images": partial.images.get(key, 0), "failed": failed, "miou": {}, "pixel_accuracy": {},
-            "unlabelled_pixels": {}, "per_class_iou": {}}
+            "images": images, "failed": failed, "seconds": round(seconds, 3),
+            # per model (per actor with Ray): scoring time only, models loaded, images decoded
+            "images_per_second": round(images / seconds, 4) if seconds else None,
+            "miou": {}, "pixel_accuracy": {}, "unlabelled_pixels": {}, "per_class_iou": {}}
         entry.update((extra or {}).get(key, {}))
         for run in plan.runs:
             m = partial.matrix(spec, run.name)

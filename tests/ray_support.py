@@ -21,7 +21,7 @@ def ray_session():
         import ray.data  # noqa: F401
     except ImportError:
         if os.environ.get("DEOP_REQUIRE_RAY"):
-            raise RuntimeError("DEOP_REQUIRE_RAY is set but Ray is missing (requirements-dev.txt installs it)") from None
+            raise RuntimeError("DEOP_REQUIRE_RAY is set but Ray is missing (requirements-dev.txt has it)") from None
         pytest.skip("Ray is not installed (pip install -r requirements-dev.txt)")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     # a short path: Ray's Unix sockets live under it

@@ -56,21 +56,6 @@ def unique_stems(files: Sequence[Path]) -> list[str]:
     return out
 
 
-def timing_line(result) -> str:
-    parts = []
-    for name, m in result.methods.items():
-        t = m.timings
-        parts.append(f"{name}: {t['total']:.2f}s (proposals {t['proposals']:.2f}, image {t['image_encoding']:.2f},"
-                     f" text {t['text_encoding']:.2f}, classify {t['classification']:.2f})")
-    line = "; ".join(parts)
-    summary = result.comparison_summary()
-    if summary and summary.one_pass_won:
-        line += f"; one-pass CLIP stage {summary.clip:.1f}x faster than crops"
-    elif summary:
-        line += f"; crops {1 / summary.clip:.1f}x faster than one pass with only {summary.segments}"
-    return line
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
