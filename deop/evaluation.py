@@ -48,12 +48,6 @@ UNLABELLED_POLICY = ("unlabelled (-1) predictions count as wrong: false negative
                      "classes absent from both ground truth and predictions are NaN and skipped in mIoU")
 
 
-@dataclass
-class Pair:
-    image: Path
-    label: Path
-
-
 def read_classes(path: str | Path) -> Vocabulary:
     """One class per line, in index order; a line may add synonyms (``name: syn, syn``)."""
     try:
@@ -97,13 +91,6 @@ def folder_samples(images: str | Path, labels: str | Path) -> list[Sample]:
     if not any(not s.error for s in samples):
         raise DatasetError(f"no image in {images} has a label PNG of the same name in {labels}")
     return samples
-
-
-def find_pairs(images: str | Path, labels: str | Path) -> tuple[list[Pair], list[str]]:
-    """Images that have a label PNG of the same stem, and a warning for each image or label without its pair."""
-    samples = folder_samples(images, labels)
-    return ([Pair(Path(s.image), Path(s.label)) for s in samples if not s.error],
-            [s.error for s in samples if s.error])
 
 
 FOLDER_LAYOUT = Layout("folder", ("",), "", "", "", ".png", "an images folder and a labels folder of PNGs")
@@ -184,10 +171,10 @@ def plan_runs(method: str, variants: Sequence[str] | None, default_variant: str,
     if protocol and method != "dense":
         raise OptionError("--protocol training-free is the papers' dense protocol: use it with --method dense")
     named = variants is not None
-    chosen = list(variants) if variants else [default_variant]
-    for v in chosen:
-        if v not in SEVERANCE_VARIANTS:
-            raise OptionError(f"unknown variant {v!r}; the variants are {', '.join(SEVERANCE_VARIANTS)}")
+    chosen = list(dict.fromkeys(variants)) if variants else [default_variant]
+    unknown = [v for v in chosen if v not in SEVERANCE_VARIANTS]
+    if unknown:
+        raise OptionError(f"unknown variant(s) {', '.join(unknown)}; the variants are {', '.join(SEVERANCE_VARIANTS)}")
     runs: list[Run] = []
     for m in RUNS[method]:
         if m == "crop":
@@ -198,16 +185,13 @@ def plan_runs(method: str, variants: Sequence[str] | None, default_variant: str,
 
 
 def parse_variants(text: str | None) -> list[str] | None:
+    """--variants' comma-separated names (``plan_runs`` checks them), or None when not given."""
     if text is None:
         return None
-    from .clip.severance import SEVERANCE_VARIANTS
-
     items = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in items if v not in SEVERANCE_VARIANTS]
-    if unknown or not items:
-        raise OptionError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; the variants are "
-                          f"{', '.join(SEVERANCE_VARIANTS)}")
-    return list(dict.fromkeys(items))
+    if not items:
+        raise OptionError("--variants names no variant")
+    return items
 
 
 # -- per image ---------------------------------------------------------------------------------------------------
@@ -413,9 +397,7 @@ def folder_report(plan: Plan, partial: Partial, samples: Sequence[Sample], setti
     """The folder dataset's report: one entry per method, as ``report`` has always written it."""
     spec = plan.datasets["folder"]
     scores = {r.name: MethodScores.from_matrix(r.name, partial.matrix(spec, r.name), spec.names) for r in plan.runs}
-    rep = report(scores, [s for s in samples if not s.error], settings,
-                 [s.error for s in samples if s.error])
-    rep["images"] = partial.images.get("folder", 0)
+    rep = report(scores, partial.images.get("folder", 0), settings, [s.error for s in samples if s.error])
     rep["failed"] = [{"name": name, "error": error} for _, name, error in partial.failed]
     return rep
 
@@ -529,14 +511,12 @@ def benchmark_plot(rep: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def report(scores: dict[str, MethodScores], pairs: Sequence[Pair], settings: dict[str, Any],
+def report(scores: dict[str, MethodScores], images: int, settings: dict[str, Any],
            warnings: Sequence[str]) -> dict[str, Any]:
-    def num(v: float) -> float | None:
-        return None if math.isnan(v) else round(v, 6)
-
+    """The folder dataset's report: one entry per method, with the images scored."""
     return {
-        "images": len(pairs), "policy": UNLABELLED_POLICY, "settings": settings, "warnings": list(warnings),
-        "methods": {m: {"miou": num(s.miou), "pixel_accuracy": num(s.pixel_accuracy), "pixels": s.pixels,
+        "images": images, "policy": UNLABELLED_POLICY, "settings": settings, "warnings": list(warnings),
+        "methods": {m: {"miou": _num(s.miou), "pixel_accuracy": _num(s.pixel_accuracy), "pixels": s.pixels,
                         "unlabelled_pixels": s.unlabelled_pixels,
                         "per_class_iou": {k: None if v is None else round(v, 6) for k, v in s.per_class_iou.items()}}
                     for m, s in scores.items()},
