@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import (
     PROPOSAL_PRESETS,
+    EngineConfig,
     Option,
     ProposalConfig,
     SegmenterConfig,
@@ -83,6 +84,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and device flags, from ``SegmenterConfig``'s options."""
     for option in options_of(SegmenterConfig):
         _add(parser, option, None)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine, --ray-address, --workers, --gpus-per-worker, --batch-size, from ``EngineConfig``'s options."""
+    for option in options_of(EngineConfig):
+        _add(parser, option, None)
+
+
+def engine_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{o.name: v for o in options_of(EngineConfig) if (v := _given(args, o)) is not None})
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, preset: str = "demo") -> None:

@@ -281,7 +281,9 @@ class SegmentOptions:
         "deop", "how the last block(s) are changed: DeOP's patch severance or a related method",
         choices=_severance_names, widget=Widget("dropdown", "Patch severance variant"), stage="features")
     n_severed: int = option(
-        1, "severed final blocks (DeOP's generalized severance uses more than one)", minimum=1,
+        1, "severed final blocks, chained: each of the last N blocks is severed in turn (DeOP's generalized "
+        "severance); ClearCLIP's multi-layer form differs: it sums the modified attention of the last N blocks",
+        minimum=1,
         widget=Widget("slider", "Severed final blocks", 1, 4, 1), stage="features")
     templates: str = option(
         "segmentation", "prompt templates averaged per class name (single is about 10x cheaper to encode)",
@@ -379,3 +381,26 @@ class SegmenterConfig:
     def proposal_model(self) -> str:
         """The proposal model that runs: the trained model's own generator, else ``sam_kind``."""
         return TRAINED_MODEL if self.trained else self.sam_kind
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where ``eval`` and ``segment`` run: this process, or Ray Data (a pool of model actors, each loading the
+    models once, fed by CPU tasks that decode the images), on a local Ray or on a cluster. Ray is optional:
+    ``pip install "ray[data]>=2.60,<3"``."""
+
+    engine: str = option("local", "local: this process; ray: a pool of model actors on Ray (a local Ray, or the "
+                         "cluster at --ray-address); needs pip install 'ray[data]'", choices=lambda: ENGINES,
+                         env="DEOP_ENGINE")
+    ray_address: str | None = option(None, "the Ray cluster to run on (ray://host:10001 or host:6379; 'auto' for "
+                                     "the one started on this machine with ray start); default: a local Ray for "
+                                     "this run", env="RAY_ADDRESS")
+    workers: int = option(1, "model actors in the Ray pool (each loads the models once)", minimum=1)
+    gpus_per_worker: float = option(0.0, "GPUs each Ray actor reserves; fractions let actors share a GPU (0.5: two "
+                                    "per GPU)", minimum=0.0)
+    batch_size: int = option(4, "images per Ray actor call (its confusion matrices are summed per batch)", minimum=1)
+
+    def __post_init__(self) -> None:
+        _validate(self)

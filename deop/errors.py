@@ -65,6 +65,11 @@ class DatasetError(DeopError, ValueError):
     """An evaluation dataset (images, labels, classes file) that does not fit the expected layout."""
 
 
+class EngineError(DeopError, RuntimeError):
+    """The Ray engine cannot run: Ray is not installed, or its cluster does not answer; the message says
+    how to fix it."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (DeopError,)
 
 

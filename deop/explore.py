@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .clip.severance import SEVERANCE_VARIANTS
+from .clip.severance import COMPARED_VARIANTS, SEVERANCE_VARIANTS
 from .images import image_key
 from .result import MethodResult, agreement
 from .timing import Deadline, synchronize
@@ -135,11 +135,12 @@ def compare_variants(segmenter: Segmenter, image: np.ndarray, vocabulary: str | 
                      timeout: float | None = None, cancelled: Callable[[], bool] | None = None
                      ) -> Iterator[VariantRun]:
     """Each variant's one-pass answer on the same proposals and text, one at a time (the reference first),
-    each with its agreement with the reference's labels. `timeout` holds for all of them together."""
+    each with its agreement with the reference's labels. `timeout` holds for all of them together. By default
+    the published variants (``COMPARED_VARIANTS``: ablations only by name)."""
     _training_free_only(segmenter, "the severance variants are the training-free model's; the deop-trained "
                         "model has its own mask-guided severance (use the training-free model to compare them)")
     opts = options or segmenter.config.options
-    names = list(variants or SEVERANCE_VARIANTS)
+    names = list(variants or COMPARED_VARIANTS)
     names = [reference] + [n for n in names if n != reference] if reference in names else names
     ref: MethodResult | None = None
     end = None if timeout is None else time.monotonic() + timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -85,8 +86,34 @@ def overlay_image(image: np.ndarray, result: SegmentationResult, method: str) ->
 
 
 def write_json(result: SegmentationResult, path: Path) -> Path:
-    path.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    """Written whole or not at all (a temporary file renamed into place): an image's JSON, written after its
+    pictures, is what says its outputs are complete (``outputs_complete``, for ``segment --resume``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
     return path
+
+
+def _method_suffix(name: str, primary: str) -> str:
+    return "" if name == primary else "_" + safe_name(name, "method")
+
+
+def output_files(out_dir: Path, stem: str, methods: list[str]) -> dict[str, Path]:
+    """The files ``save_result`` writes for a result of `methods` (the first is the primary), by the keys it
+    returns them under (the optional masks ZIP aside); the JSON comes last."""
+    stem = safe_name(stem, "image", 100)
+    files: dict[str, Path] = {}
+    for name in methods:
+        suffix = _method_suffix(name, methods[0])
+        files[f"overlay{suffix}"] = out_dir / f"{stem}_overlay{suffix}.png"
+        files[f"labels{suffix}"] = out_dir / f"{stem}_labels{suffix}.png"
+    files["json"] = out_dir / f"{stem}.json"
+    return files
+
+
+def outputs_complete(out_dir: Path, stem: str, methods: list[str]) -> bool:
+    """Whether every output of an image is there, its JSON (written last, whole) included."""
+    return all(f.is_file() for f in output_files(Path(out_dir), stem, methods).values())
 
 
 def save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str,
@@ -103,22 +130,21 @@ def save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, st
 def _save_result(image: np.ndarray, result: SegmentationResult, out_dir: Path, stem: str,
                  masks: bool) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_name(stem, "image", 100)
+    files = output_files(out_dir, stem, list(result.methods))
     primary = result.primary
     written: dict[str, Path] = {}
     primary_labels = None
     for name in result.methods:
-        suffix = "" if name == primary else "_" + safe_name(name, "method")
-        overlay_path = out_dir / f"{stem}_overlay{suffix}.png"
+        suffix = _method_suffix(name, primary)
+        overlay_path, labels_path = files[f"overlay{suffix}"], files[f"labels{suffix}"]
         Image.fromarray(overlay_image(image, result, name)).save(overlay_path)
-        labels_path = out_dir / f"{stem}_labels{suffix}.png"
         labels = result.methods[name].label_map  # at the input size: made once per method
         primary_labels = labels if name == primary else primary_labels
         label_image(labels, result.classes).save(labels_path, compress_level=PNG_LEVEL)
         written[f"overlay{suffix}"] = overlay_path
         written[f"labels{suffix}"] = labels_path
-    written["json"] = write_json(result, out_dir / f"{stem}.json")
+    written["json"] = write_json(result, files["json"])
     if masks and primary_labels is not None:
-        written["masks"] = out_dir / f"{stem}_masks.zip"
+        written["masks"] = files["json"].with_name(files["json"].stem + "_masks.zip")
         written["masks"].write_bytes(masks_zip(primary_labels, result.classes))
     return written

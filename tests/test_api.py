@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import scene
-from deop.clip.severance import SEVERANCE_VARIANTS
+from deop.clip.severance import COMPARED_VARIANTS
 
 pytestmark = pytest.mark.slow
 STATUS = 7  # /segment's outputs for a client: the views of deop.ui.SEGMENT_OUTPUTS, then the status line
@@ -41,7 +41,7 @@ def test_add_compare_and_rerun_through_the_api(session):
     _, added, overlay = client.predict(x, y, "add a segment", api_name="/add_segment")
     assert "Added segment 1" in added and any(label.startswith("+1 ") for label in _labels(overlay))
     gallery, table = client.predict(api_name="/compare_variants")
-    assert len(gallery) == len(SEVERANCE_VARIANTS) and "same as DeOP: segments" in table
+    assert len(gallery) == len(COMPARED_VARIANTS) and "same as DeOP: segments" in table
     out = client.predict(handle_file(path), "tree, water, road", "both", api_name="/rerun")
     assert out[STATUS].startswith("Cached re-run (vocabulary changed)")
     added = [label for label in _labels(out[0]) if label.startswith("+1 ")]

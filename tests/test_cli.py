@@ -123,7 +123,7 @@ def test_random_weight_runs_keep_every_mask_unless_thresholds_are_given():
     (3, 2.0, "one-pass CLIP stage 4.0x faster than crops"),
 ])
 def test_timing_line_says_who_won(n_segments, crop_seconds, expected):
-    from deop.commands.segment import timing_line
+    from deop.engine import timing_line
     from deop.result import MethodResult, Segment, SegmentationResult
 
     def method(name: str, image_seconds: float) -> MethodResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,82 @@ def _last_block_transformer(model):
             self.batch_first = getattr(model.visual.transformer, "batch_first", True)
 
     return One()
+
+
+def _naclip_official_prior(gh: int, gw: int, std: float) -> torch.Tensor:
+    """NACLIP's attention addition as its repository computes it (clip/model.py, gaussian_window and
+    get_attention_addition), re-derived: a (2gh-1) x (2gw-1) Gaussian window of offsets scaled by
+    1 / (std * sqrt 2), convolved ('same') with a one-hot map of every patch, a zero row and column for the
+    class token."""
+    import math
+
+    axes = []
+    for dim in (2 * gh - 1, 2 * gw - 1):
+        start = -(dim - 1) / 2.0
+        c = 1 / (std * math.sqrt(2))
+        axes.append(torch.linspace(start * c, (start + dim - 1) * c, steps=dim))
+    window = torch.exp(-(torch.stack(torch.meshgrid(*axes, indexing="ij")) ** 2).sum(0))
+    one_hot = torch.einsum("ij,kl->ijkl", torch.eye(gh), torch.eye(gw)).permute(0, 3, 1, 2).contiguous()
+    out = torch.nn.functional.conv2d(one_hot.view(-1, gh, gw).unsqueeze(1), window[None, None], padding="same")
+    out = out.squeeze(1).view(gh * gw, gh * gw)
+    out = torch.vstack([torch.zeros((1, gh * gw)), out])
+    return torch.hstack([torch.zeros((gh * gw + 1, 1)), out])
+
+
+@pytest.mark.parametrize("grid", [(3, 4), (14, 14), (5, 2)])
+def test_naclip_prior_is_its_published_formula(grid):
+    from deop.clip.dense import neighbourhood_prior
+
+    ours = neighbourhood_prior(grid, 5.0)
+    torch.testing.assert_close(ours, _naclip_official_prior(*grid, 5.0), atol=1e-6, rtol=0)
+    # exp(-d^2 / (2 sigma^2)) by hand at one pair: patches (0, 0) and (2, 1) of the grid, tokens 1 and 1 + 2*gw + 1
+    gh, gw = grid
+    if gh > 2 and gw > 1:
+        assert ours[1, 1 + 2 * gw + 1].item() == pytest.approx(np.exp(-5 / 50))
+    assert ours[0].abs().sum() == 0 and ours[:, 0].abs().sum() == 0
+
+
+def test_naclip_block_is_the_published_one(model):
+    """The severed block equals NACLIP's reduced architecture (no residual, no FFN) with k-k attention plus
+    the prior, computed as its custom_attn does (tokens first, heads folded into the batch)."""
+    from deop.clip.dense import _severed_block
+
+    block = model.visual.transformer.resblocks[-1]
+    grid = (4, 5)
+    torch.manual_seed(4)
+    x = randn(model, 1, 1 + grid[0] * grid[1], model.visual.transformer.width)
+    attn = block.attn
+    with torch.inference_mode():
+        y = block.ln_1(x).transpose(0, 1)  # LND
+        n, bsz, d = y.shape
+        heads, hd = attn.num_heads, d // attn.num_heads
+        q, k, v = torch.nn.functional.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        k = k.contiguous().view(-1, bsz * heads, hd).transpose(0, 1)
+        v = v.contiguous().view(-1, bsz * heads, hd).transpose(0, 1)
+        weights = torch.bmm(k, k.transpose(1, 2)) * hd**-0.5 + _naclip_official_prior(*grid, 5.0).to(x)[None]
+        out = torch.bmm(weights.softmax(dim=-1), v).transpose(0, 1).contiguous().view(-1, bsz, d)
+        expected = attn.out_proj(out).transpose(0, 1)
+        got = _severed_block(block, x, SEVERANCE_VARIANTS["naclip"], grid)
+        ablation = _severed_block(block, x, SEVERANCE_VARIANTS["naclip-noprior"], grid)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    cosine = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
+    assert cosine.min().item() > 0.999999
+    assert not torch.allclose(ablation, expected, atol=1e-3)
+
+
+def test_official_position_rule_samples_at_scale_g_plus_a_tenth(model):
+    pos = model.visual.positional_embedding
+    resized = resize_pos_embed(pos, (20, 28), rule="official")
+    table = pos[1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(table, scale_factor=(20.1 / 14, 28.1 / 14), mode="bicubic",
+                                               align_corners=False)
+    torch.testing.assert_close(resized[1:], expected.permute(0, 2, 3, 1).reshape(20 * 28, -1))
+    assert not torch.allclose(resized, resize_pos_embed(pos, (20, 28)))
+    assert resize_pos_embed(pos, (14, 14), rule="official") is pos
+
+
+def test_the_app_compares_the_published_variants_only():
+    from deop.clip.severance import COMPARED_VARIANTS
+
+    assert COMPARED_VARIANTS == ("deop", "maskclip", "sclip", "clearclip", "naclip", "none")
+    assert SEVERANCE_VARIANTS["naclip-noprior"].ablation and SEVERANCE_VARIANTS["naclip"].neighbourhood == 5.0

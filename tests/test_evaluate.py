@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import scene
 from deop import evaluation as evaluate
 from deop.commands import main
-from deop.evaluation import ConfusionMatrix, Pair, load_label, read_classes
+from deop.evaluation import ConfusionMatrix, load_label, read_classes
 
 
 def test_iou_by_hand():
@@ -94,15 +94,16 @@ def test_eval_command_end_to_end(tmp_path, segmenter):
 
 
 def test_eval_with_ground_truth_predictor_scores_one(tmp_path, monkeypatch, segmenter):
+    from deop.images import image_key, load_image
+
     images, labels, classes = make_dataset(tmp_path)
+    truths = {image_key(load_image(images / f"img{i}.png")): load_label(labels / f"img{i}.png") for i in range(2)}
 
-    def perfect(segmenter, vocabulary, method):
-        def predict(pair: Pair):
-            truth = load_label(pair.label)
-            return {"one-pass": np.where(truth == 255, 0, truth)}
-        return predict
+    def perfect(self, spec, image):
+        truth = truths[image_key(image)]
+        return {"one-pass": np.where(truth == 255, 0, truth)}
 
-    monkeypatch.setattr(evaluate, "segmenter_predictor", perfect)
+    monkeypatch.setattr(evaluate.Scorer, "predict", perfect)
     out_json = tmp_path / "r.json"
     assert main(["eval", "--images", str(images), "--labels", str(labels), "--classes", str(classes),
                  "--method", "one-pass", "--json", str(out_json), *FLAGS]) == 0

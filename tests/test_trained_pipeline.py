@@ -154,3 +154,26 @@ def test_choosing_the_trained_generator_brings_the_trained_model(segmenter):
     assert trained.config.trained and trained.proposer_spec.name == "deop-trained"
     back = segmenter.with_proposal_model("mobile_sam")
     assert not back.config.trained and back.config.proposal_model == "mobile_sam"
+
+
+def test_eval_on_a_benchmark_runs_the_trained_model_and_its_crop_baseline(small_generator, tmp_path):
+    """`eval --benchmark ... --model deop-trained`: its rows are the trained one pass and the crop baseline on
+    its proposals, scored like any other method; its own severance takes no --variants."""
+    from benchmark_support import make_benchmarks
+    from deop.commands import main
+    from deop.evaluation import plan_runs
+
+    assert [r.name for r in plan_runs("both", None, "deop", model="deop-trained")] == ["deop-trained", "crop"]
+    with pytest.raises(OptionError, match="dense"):
+        plan_runs("dense", None, "deop", model="deop-trained")
+    with pytest.raises(OptionError, match="--variants"):
+        plan_runs("one-pass", ["deop", "sclip"], "deop", model="deop-trained")
+    root = make_benchmarks(tmp_path / "data")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--benchmark", "cityscapes", "--data-root", str(root), "--model", "deop-trained",
+                 "--method", "both", "--limit", "1", "--max-masks", "4", "--random-weights", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["runs"] == ["deop-trained", "crop"]
+    bench = rep["benchmarks"]["cityscapes"]
+    assert bench["images"] == 1 and bench["failed"] == [] and set(bench["miou"]) == {"deop-trained", "crop"}

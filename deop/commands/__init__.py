@@ -1,4 +1,4 @@
-"""Command line: ``python -m deop segment|bench|bench-app|eval``.
+"""Command line: ``python -m deop segment|bench|bench-app|bench-eval|eval``.
 
 Each subcommand is a module here with ``add_parser`` (its flags, most generated from the settings'
 descriptions by ``deop.arguments``) and the function it runs; the modules import the heavy parts of the
@@ -15,13 +15,13 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import USER_ERRORS, internal_error
-from . import bench, bench_app, evaluate, segment
+from . import bench, bench_app, bench_eval, evaluate, segment
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deop", description="DeOP open-vocabulary segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (segment, bench, bench_app, evaluate):
+    for module in (segment, bench, bench_app, bench_eval, evaluate):
         module.add_parser(sub)
     return parser
 

@@ -1,7 +1,10 @@
 """``python -m deop segment``: images or folders of images to overlays, label PNGs and results JSON.
 
 In a batch, an image that fails (not an image, truncated, too large) gets a one-line error and the
-others are still processed; the exit code is then 1.
+others are still processed; the exit code is then 1. ``--engine ray`` runs the batch on a pool of Ray
+actors (``deop.engine``) that write the same files into --out (a folder every node can write);
+``--resume`` skips the images whose outputs are all there already (their JSON is written last, whole), so
+a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -11,8 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..arguments import add_model_arguments, add_option_arguments, config_from_args
-from ..errors import USER_ERRORS
+from ..arguments import (
+    add_engine_arguments,
+    add_model_arguments,
+    add_option_arguments,
+    config_from_args,
+    engine_from_args,
+)
 from ..methods import METHOD_CHOICES, METHODS
 from ..models import RANDOM_WEIGHTS_WARNING
 
@@ -26,8 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
                    + "; both: one-pass and crop on the same proposals, compared")
     p.add_argument("--out", default="outputs", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the images whose outputs in --out are complete (a killed run continues)")
     add_model_arguments(p)
     add_option_arguments(p)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -45,50 +56,54 @@ def unique_stems(files: Sequence[Path]) -> list[str]:
     return out
 
 
-def timing_line(result) -> str:
-    parts = []
-    for name, m in result.methods.items():
-        t = m.timings
-        parts.append(f"{name}: {t['total']:.2f}s (proposals {t['proposals']:.2f}, image {t['image_encoding']:.2f},"
-                     f" text {t['text_encoding']:.2f}, classify {t['classification']:.2f})")
-    line = "; ".join(parts)
-    summary = result.comparison_summary()
-    if summary and summary.one_pass_won:
-        line += f"; one-pass CLIP stage {summary.clip:.1f}x faster than crops"
-    elif summary:
-        line += f"; crops {1 / summary.clip:.1f}x faster than one pass with only {summary.segments}"
-    return line
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..export import save_result
-    from ..images import collect_images, load_image
-    from ..pipeline import Segmenter
+    from ..export import outputs_complete
+    from ..images import collect_images
+    from ..methods import methods_of
     from ..vocabulary import parse_vocabulary
 
     vocabulary = parse_vocabulary(args.classes)
+    engine = engine_from_args(args)
+    config = config_from_args(args)
     files, errors = collect_images(args.inputs)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if not files:
         return 2
-    segmenter = Segmenter(config_from_args(args))
-    segmenter.load()
-    if segmenter.config.random_weights:
-        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     out_dir = Path(args.out)
+    items = list(zip(files, unique_stems(files)))
+    if args.resume:
+        names = [m.name for m in methods_of(args.method, config.model)]
+        todo = [(f, stem) for f, stem in items if not outputs_complete(out_dir, stem, names)]
+        print(f"resume: {len(items) - len(todo)} of {len(items)} image(s) already done in {out_dir}", file=sys.stderr)
+        items = todo
+    if config.random_weights:
+        print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
     failed = len(errors)
-    bar = tqdm(list(zip(files, unique_stems(files))), desc="segmenting", unit="image", disable=len(files) < 2)
-    for path, stem in bar:
-        try:
-            image = load_image(path)
-            result = segmenter.segment(image, vocabulary, method=args.method)
-            written = save_result(image, result, out_dir, stem)
-        except USER_ERRORS as exc:
-            failed += 1
-            tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
-            continue
-        tqdm.write(f"{path} -> {written['overlay']}  [{timing_line(result)}]")
+    bar = tqdm(total=len(items), desc="segmenting", unit="image", disable=len(items) < 2)
+
+    def report(line: str, error: str) -> None:
+        bar.update()
+        if error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+        else:
+            tqdm.write(line)
+
+    if engine.engine == "ray":
+        from ..engine import segment_ray
+
+        failed += segment_ray(config, vocabulary, args.method, out_dir, items, engine, report)
+    elif items:
+        from ..engine import segment_one
+        from ..pipeline import Segmenter
+
+        segmenter = Segmenter(config)
+        segmenter.load()
+        for path, stem in items:
+            line, error = segment_one(segmenter, vocabulary, args.method, out_dir, str(path), stem, None)
+            failed += bool(error)
+            report(line, error)
+    bar.close()
     return 1 if failed else 0
