@@ -95,6 +95,7 @@ def _quiet_data(ray: Any) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours, per benchmark, are shown instead
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and timing lines; warnings still show
 
 
 def package_env() -> dict[str, Any]:

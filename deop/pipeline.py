@@ -19,7 +19,7 @@ import torch
 from . import rle
 from .cache import StageCache, TimedValue
 from .classify import dense_features, encode_crops, labels_from
-from .clip.severance import SEVERANCE_VARIANTS
+from .clip.severance import COMPARED_VARIANTS
 from .config import SegmenterConfig, SegmentOptions
 from .errors import DeviceOutOfMemory
 from .images import check_proportions, image_key, load_image, resize_max_side
@@ -77,7 +77,7 @@ class Segmenter:
         self.text_cache = TextEmbeddingCache()
         # Dense maps are small (0.5-5 MB) and the variants compared side by side each keep one per image.
         size = self.config.cache_size
-        sizes = {"proposals": size, "dense": size * len(SEVERANCE_VARIANTS), "crops": size, "trained": size}
+        sizes = {"proposals": size, "dense": size * len(COMPARED_VARIANTS), "crops": size, "trained": size}
         self.stages = {name: StageCache(name, n, self.device) for name, n in sizes.items()}
 
     # -- models ---------------------------------------------------------------------------------

@@ -120,3 +120,13 @@ def test_engine_options_are_settings_with_flags_and_environment(monkeypatch):
     assert got == EngineConfig("ray", "ray://head:10001", 3, 0.5, 4)
     with pytest.raises(OptionError, match="workers must be at least 1"):
         engine_from_args(parser.parse_args(["--workers", "0"]))
+
+
+def test_bench_eval_measures_each_engine(tmp_path, segmenter):
+    from deop.bench.throughput import format_records, measure
+
+    out = measure(SMALL_CONFIG, tmp_path, n=3, masks=5, ray_workers=())
+    assert [(r["engine"], r["threads"]) for r in out["records"]][-1] == ("local", 1)
+    for r in out["records"]:
+        assert r["images"] == 3 and r["images_per_second"] > 0 and r["startup_s"] > 0
+    assert out["ray_overhead_per_image_s"] is None and "| local |" in format_records(out)
