@@ -72,7 +72,7 @@ def proposal_models(segmenter: Segmenter) -> list[tuple[str, str]]:
     marked ``in_app`` in the registry whose package is installed (the small ones of each family), so they
     can be compared on the same image. Larger models stay a ``--sam`` choice: one click should not
     download and hold gigabytes on a shared server."""
-    kind = segmenter.config.sam_kind
+    kind = segmenter.config.proposal_model  # the trained model's generator when --model deop-trained
     kinds = [kind] + [name for name, spec in PROPOSERS.items() if spec.in_app and name != kind and spec.available()]
     return [(PROPOSERS[k].title, k) for k in kinds]
 
@@ -83,11 +83,11 @@ class SegmenterPool:
     def __init__(self, base: Segmenter, kinds: list[str]) -> None:
         self.base = base
         self.kinds = list(kinds)
-        self._by_kind = {base.config.sam_kind: base}
+        self._by_kind = {base.config.proposal_model: base}
         self._lock = threading.Lock()
 
     def get(self, kind: str | None) -> Segmenter:
-        kind = kind or self.base.config.sam_kind
+        kind = kind or self.base.config.proposal_model
         if kind not in self.kinds:
             raise ValueError(f"unknown proposal model {kind!r}; this app offers {', '.join(self.kinds)}")
         with self._lock:

@@ -177,3 +177,30 @@ def test_eval_on_a_benchmark_runs_the_trained_model_and_its_crop_baseline(small_
     assert rep["runs"] == ["deop-trained", "crop"]
     bench = rep["benchmarks"]["cityscapes"]
     assert bench["images"] == 1 and bench["failed"] == [] and set(bench["miou"]) == {"deop-trained", "crop"}
+
+
+def test_the_app_runs_the_trained_model_from_its_menu_and_when_configured(small_generator, tmp_path):
+    """The app's server: the trained generator is in the proposal-model menu (from the registry) and choosing
+    it runs the trained model beside its crop baseline; started with model=deop-trained, the menu's first
+    entry is the trained generator, not the unused sam_kind."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from conftest import SMALL_CONFIG
+    from deop.web.server import SEGMENT_EVENT_OUTPUTS, Server
+
+    photo = tmp_path / "photo.png"
+    y, x = np.mgrid[0:48, 0:80]
+    Image.fromarray(np.stack([(x * 3) % 256, (y * 5) % 256, (x + y) % 256], -1).astype(np.uint8)).save(photo)
+    config = replace(SMALL_CONFIG, options=SMALL_CONFIG.options.with_overrides(max_masks=4))
+    server = Server(config, calibrate=False, folder=tmp_path / "app")
+    assert server.loader.ready.wait(120) and server.loader.error is None
+    assert "deop-trained" in [kind for _, kind in server.models]
+    inputs = {**server.defaults, "image": str(photo), "vocabulary": "sky, grass", "state": None,
+              "proposal_model": "deop-trained"}
+    *_, last = [dict(zip(SEGMENT_EVENT_OUTPUTS, out)) for out in server.segment(inputs)]
+    result = server.sessions.get(last["state"]).result
+    assert list(result.methods) == ["deop-trained", "crop"] and result.settings["model"] == "deop-trained"
+    trained = Server(replace(config, model="deop-trained"), calibrate=False, folder=tmp_path / "app2")
+    assert trained.models[0][1] == "deop-trained" and trained.defaults["proposal_model"] == "deop-trained"

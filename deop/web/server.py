@@ -60,7 +60,7 @@ class Server(ResultQuestions):
         self.results = self.folder / "results"
         self.janitor = serving.Janitor(self._swept_folders())
         self.options = [request_options()[name] for name in APP_OPTIONS]
-        self.defaults = {"vocabulary": DEFAULT_VOCABULARY, "method": "both", "proposal_model": config.sam_kind,
+        self.defaults = {"vocabulary": DEFAULT_VOCABULARY, "method": "both", "proposal_model": config.proposal_model,
                          **{o.name: option_value(config.options, o.name) for o in self.options}}
         self.checks = serving.request_inputs(self.defaults, [kind for _, kind in self.models])
         self.labels_stage = {"vocabulary", *(o.name for o in self.options if o.meta.stage == "labels")}
