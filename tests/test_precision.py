@@ -148,15 +148,20 @@ def test_segmenter_auto_measures_both_models_once_at_load(monkeypatch, segmenter
     models run what measured faster, and the choice is measured once per device and models."""
     from deop.models import ModelCache
 
+    def loaded() -> dict:
+        """The session's loaded models without any precision already chosen (a CLI test run before this one
+        leaves auto's choice for these models in the shared cache), so that this choice is made afresh."""
+        return {k: v for k, v in segmenter.models._models.items() if k[0] != "precision"}
+
     models = ModelCache()
-    models._models = dict(segmenter.models._models)  # the session's loaded models, a fresh choice
+    models._models = loaded()
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
     monkeypatch.setattr(precision, "timed", lambda *a, **k: _never("anything"))
     seg = Segmenter(replace(SMALL_CONFIG, precision="auto"), models=models)
     seg.load()
     assert seg.precision == "float32" and seg.proposer.precision == "float32"
 
-    models._models = dict(segmenter.models._models)
+    models._models = loaded()
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
     calls = []
 
