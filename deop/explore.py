@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import rle
 from .clip.severance import COMPARED_VARIANTS, SEVERANCE_VARIANTS
-from .images import image_key
-from .result import MethodResult, agreement
+from .images import image_key, nearest_resize
+from .result import MethodResult, SegmentationResult, agreement, compact
 from .timing import Deadline, synchronize
 from .vocabulary import Vocabulary, parse_vocabulary
 
@@ -103,6 +104,34 @@ def relabel(segmenter: Segmenter, image: np.ndarray, vocabulary: str | Vocabular
     text = segmenter.text_cache.vocabulary(segmenter.clip, vocab, opts.templates)
     label, score, top5 = _classify(features.value, text, segment.mask, vocab, opts)
     return replace(segment, label=label, score=score, top5=top5)
+
+
+def with_added(result: SegmentationResult, added: Sequence[AddedSegment]) -> SegmentationResult:
+    """The result as its downloads give it with the segments added by clicks: each painted over the primary
+    method's labels in the order added (the last on top, as the app's overlay shows them; one below the "none
+    of these" threshold leaves its pixels unlabelled), and listed in the JSON's ``added_segments`` with its
+    label, score, top-5, SAM's predicted IoU, its points and its mask as COCO RLE, all at the input size.
+    Without added segments, the result itself."""
+    if not added:
+        return result
+    primary = result.methods[result.primary]
+    labels = primary.work_label_map.astype(np.int32)
+    (h, w), (height, width) = labels.shape, result.image_size
+    listed = []
+    for k, seg in enumerate(added):
+        labels[seg.mask] = seg.label
+        full = nearest_resize(seg.mask, result.image_size)
+        ys, xs = np.nonzero(full)
+        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else [0, 0, 0, 0]
+        listed.append({
+            "id": f"+{k + 1}", "label": result.classes[seg.label] if seg.label >= 0 else None,
+            "label_index": seg.label, "score": round(seg.score, 6), "sam_score": round(float(seg.sam_score), 6),
+            "area": int(full.sum()), "box": box, "top5": [[name, round(p, 6)] for name, p in seg.top5],
+            "points": [[round(x * width / w, 2), round(y * height / h, 2), bool(positive)]
+                       for x, y, positive in seg.points],
+            "mask": rle.encode(full)})
+    methods = {**result.methods, result.primary: replace(primary, work_label_map=compact(labels))}
+    return replace(result, methods=methods, added=listed)
 
 
 def _classify(features: Any, text: Any, mask: np.ndarray, vocab: Vocabulary, opts: SegmentOptions

@@ -103,6 +103,7 @@ class SegmentationResult:
     agreement: when both compared methods ran, the share of segments (and of segment pixels) they gave
         the same label.
     pending: methods of this request still running (a streamed partial result); empty when complete.
+    added: the segments a user added by clicks, as the JSON's ``added_segments`` (``deop.explore.with_added``).
 
     In JSON, ``segment_masks[i]`` is segment i's pixels as COCO RLE (``deop.rle.decode`` or pycocotools'
     ``mask.decode`` read it), so each segment of each method can be saved and evaluated with its label.
@@ -119,6 +120,7 @@ class SegmentationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     comparison: tuple[str, str] | None = None
     pending: list[str] = field(default_factory=list)
+    added: list[dict[str, Any]] = field(default_factory=list)  # segments added by clicks (explore.with_added)
 
     @property
     def primary(self) -> str:
@@ -175,6 +177,8 @@ class SegmentationResult:
             n = max((len(m.segments) for m in self.methods.values()), default=0)
             masks = rle.encode_segments_resized(self.work_segment_map, n, self.image_size)
             out["segment_masks"] = [{"id": i, **r} for i, r in enumerate(masks)]
+        if self.added:
+            out["added_segments"] = self.added
         if self.agreement is not None:
             out["agreement"] = self.agreement
             out["speedup"] = {"total": self.speedup("total"), "clip": self.speedup("clip")}

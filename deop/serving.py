@@ -129,6 +129,27 @@ def release_memory() -> None:
         pass
 
 
+class MemoryRelease:
+    """``release_memory`` after each request, its garbage collection made cheap: a full collection walks
+    every object the process holds (the models, the modules, the web server: half a million), which took
+    0.3-0.4 s of every answer's wall time. After the first request, what is still alive is moved out of
+    the collector's sight (``gc.freeze``): later collections walk only what requests have made since, in
+    milliseconds. (Frozen objects are still freed when their last reference goes; only a cycle among them
+    that becomes garbage later would stay, and the long-lived objects of a server form none that matter.)"""
+
+    def __init__(self, release: Callable[[], None] = release_memory) -> None:
+        self._release = release
+        self.frozen = False
+
+    def __call__(self) -> None:
+        import gc
+
+        self._release()
+        if not self.frozen:
+            gc.freeze()
+            self.frozen = True
+
+
 # -- temporary files ---------------------------------------------------------------------------------------
 class Janitor:
     """Deletes files under `roots` older than `max_age` seconds, then the oldest ones while their total is

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,20 +97,29 @@ class SegmenterPool:
             return self._by_kind[kind]
 
 
-def segment_views(image: np.ndarray, result: SegmentationResult, root: Path | None = None) -> dict[str, object]:
+def segment_views(image: np.ndarray, result: SegmentationResult,
+                  record: dict[str, float] | None = None) -> dict[str, object]:
     """Everything /segment shows for a result, by ``SEGMENT_OUTPUTS`` name: the first method's overlay,
-    the compared method's (None when there is none or it is still running), the latency table and chart,
-    the downloads (written under `root`; None for a partial result, whose files would be incomplete), the
-    heatmap's class choices and the inspector's picture. `image` is at the working size."""
+    the compared method's (None when there is none or it is still running), the latency table, the chart
+    (None until the result is complete: the first answer is the overlay), the heatmap's class choices and
+    the inspector's picture. The downloads are None: they are made when asked (``downloads``). `image` is at
+    the working size. `record`: the seconds each view took, added by name."""
     second = result.comparison[1] if result.comparison else None
     done = not result.pending
-    return {
-        "one_pass": (image, annotations(result, result.primary)),
-        "crop": (image, annotations(result, second)) if second in result.methods else None,
-        "latency": latency_markdown(result), "chart": chart(result),
-        "files": downloads(image, result, root) if done and root is not None else None,
-        "heatmap_classes": list(result.classes), "inspect": inspect_view(image, result),
+    makers: dict[str, Callable[[], object]] = {
+        "one_pass": lambda: (image, annotations(result, result.primary)),
+        "crop": lambda: (image, annotations(result, second)) if second in result.methods else None,
+        "latency": lambda: latency_markdown(result), "chart": lambda: chart(result) if done else None,
+        "files": lambda: None, "heatmap_classes": lambda: list(result.classes),
+        "inspect": lambda: inspect_view(image, result),
     }
+    views = {}
+    for name, make in makers.items():
+        start = time.perf_counter()
+        views[name] = make()
+        if record is not None:
+            record[name] = record.get(name, 0.0) + time.perf_counter() - start
+    return views
 
 
 def run_status(result: SegmentationResult) -> str:
@@ -260,13 +270,17 @@ def chart(result: SegmentationResult) -> np.ndarray:
     return render.bar_chart_png(data, "Latency per stage (s)")
 
 
-def downloads(image: np.ndarray, result: SegmentationResult, root: Path) -> list[str]:
+def downloads(image: np.ndarray, result: SegmentationResult, root: Path, added: Sequence[Any] = ()) -> list[str]:
     """Overlay PNGs (at the size of `image`, the one shown), label PNGs, results JSON and a ZIP of
-    per-class masks (at the input size), in a fresh folder under `root`."""
+    per-class masks (at the input size), in a fresh folder under `root`, with the segments `added` by clicks
+    (``deop.explore.with_added``): what the app's Downloads tab makes when a visitor asks for it."""
+    from .explore import with_added
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=root))
-    return [str(p) for p in save_result(image, result, folder, "segmentation", masks=True).values()]
+    return [str(p) for p in save_result(image, with_added(result, added), folder, "segmentation",
+                                        masks=True).values()]
 
 
 def heatmap_for(image: np.ndarray, result: SegmentationResult, class_name: str) -> np.ndarray | None:

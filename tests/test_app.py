@@ -29,6 +29,8 @@ def test_segment_api_returns_overlays_latency_and_downloads(client, tmp_path):
     Image.fromarray(scene(seed=8)).save(path)
     left, right, latency, chart, files, *_ = client.predict(handle_file(str(path)), "sky, grass, ball",
                                                             "both", api_name="/segment")
+    assert files is None  # the downloads are made when asked for
+    files = client.predict(api_name="/downloads")
     right = right.get("value", right)  # the crop panel comes as a visibility update
     assert left["annotations"] and right["annotations"]
     labels = {a["label"] for a in left["annotations"]}

@@ -140,3 +140,17 @@ def test_bad_arguments_are_one_line_errors(capsys, tmp_path):
     assert "no app at" in capsys.readouterr().err
     with pytest.raises(AppBenchError, match="cannot connect"):
         app_bench.measure("http://127.0.0.1:9/", [])
+
+
+def test_the_time_outside_the_pipeline_is_split_from_the_apps_record():
+    server = {"started": 100.25, "decode": 0.02, "checks": 0.01, "release": 0.0, "answers": [
+        {"views": {"one_pass": 0.01, "chart": 0.0}, "pipeline": 1.0, "render": 0.05, "session": 0.0, "gradio": 0.1},
+        {"views": {"one_pass": 0.01, "chart": 0.04}, "pipeline": 2.0, "render": 0.1, "session": 0.0, "gradio": 0.2}]}
+    out = app_bench.outside_pipeline(server, first_s=1.5, wall_s=4.0, submitted=100.0)
+    assert out["render"] == 0.15 and out["gradio"] == pytest.approx(0.3) and out["view chart"] == 0.04
+    assert out["client first"] == pytest.approx(1.5 - (0.03 + 1.0 + 0.05 + 0.1))
+    assert out["client"] == pytest.approx(4.0 - (0.03 + 3.0 + 0.15 + 0.3))
+    assert out["before handler"] == pytest.approx(0.25)
+    assert app_bench.outside_pipeline({}, 1.0, 2.0) == {}  # an app without /timings
+    rows = [AppRecord("first", "a.jpg", "x", "both", 4.0, 3.0, [], 5, {}, 1.5, server, out)]
+    assert "outside the pipeline (median s): decode 0.020" in format_summary(summarise(rows))

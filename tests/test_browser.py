@@ -316,3 +316,34 @@ def test_a_vocabulary_edit_re_runs_by_itself_once_from_the_cache(browser, page_u
     page.wait_for_selector("#run:has-text('press to run SAM and CLIP again')", timeout=30_000)
     assert calls["stream"] == 1
     page.close()
+
+
+def test_downloads_are_made_when_asked_and_emptied_by_an_added_segment(browser, sparse_app, tmp_path):
+    """The Downloads tab is empty after an answer; its button makes the files of what is shown; a segment added
+    by a click empties the list (its files were made before it), and the button makes them again."""
+    demo, url = sparse_app
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=19)).save(path)
+    listed = "() => document.querySelector('#files').innerText.includes('segmentation_masks')"
+    page = _new_page(browser, url)
+    _segment_in(page, path)
+    page.get_by_role("tab", name="Downloads").click()
+    assert "segmentation_masks" not in page.inner_text("#files")
+    page.get_by_role("button", name="Make the files").click()
+    page.wait_for_function(listed, timeout=30_000)
+    assert "segmentation_labels" in page.inner_text("#files") and ".json" in page.inner_text("#files")
+    view = max(demo.deop.sessions._items.values(), key=lambda item: item[2])[0]
+    ys, xs = np.nonzero(view.result.work_segment_map < 0)
+    page.get_by_role("tab", name="Inspect a segment").click()
+    page.get_by_label("add a segment", exact=True).check()
+    inspect = page.locator("#inspect img")
+    inspect.scroll_into_view_if_needed()
+    box, (h, w) = inspect.bounding_box(), view.image.shape[:2]
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    inspect.click(position={"x": (x + 0.5) * box["width"] / w, "y": (y + 0.5) * box["height"] / h})
+    page.wait_for_selector("#clicked :text('Added segment 1')", timeout=30_000)
+    page.get_by_role("tab", name="Downloads").click()
+    page.wait_for_function(f"() => !({listed})()", timeout=30_000)
+    page.get_by_role("button", name="Make the files").click()
+    page.wait_for_function(listed, timeout=30_000)
+    page.close()

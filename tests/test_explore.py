@@ -144,3 +144,8 @@ def test_adding_a_segment_stops_when_its_client_went_away(segmenter, image):
         explore.add_segment(segmenter, image, VOCAB, [(30, 20, True)], cancelled=lambda: True)
     with pytest.raises(Cancelled):
         next(explore.compare_variants(segmenter, image, VOCAB, cancelled=lambda: True))
+
+
+def test_without_added_segments_the_downloads_result_is_the_result_itself(segmenter, image):
+    result = segmenter.segment(image, VOCAB, "one-pass")
+    assert explore.with_added(result, []) is result and "added_segments" not in result.to_dict()

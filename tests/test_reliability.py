@@ -30,10 +30,17 @@ def test_concurrent_clients_get_exactly_their_own_results(app_url, tmp_path):
         Image.fromarray(scene(seed=100 + i)).save(path)
         jobs.append((str(path), voc))
     client = Client(app_url, verbose=False)
-    alone = [_labels(client.predict(handle_file(p), v, "one-pass", api_name="/segment")[4]) for p, v in jobs]
+
+    def labels(c, p, v) -> np.ndarray:  # the session's downloads, made when asked
+        c.predict(handle_file(p), v, "one-pass", api_name="/segment")
+        return _labels(c.predict(api_name="/downloads"))
+
+    alone = [labels(client, p, v) for p, v in jobs]
     clients = [Client(app_url, verbose=False) for _ in jobs]
     futures = [c.submit(handle_file(p), v, "one-pass", api_name="/segment") for c, (p, v) in zip(clients, jobs)]
-    together = [_labels(f.result(timeout=300)[4]) for f in futures]
+    for f in futures:
+        f.result(timeout=300)
+    together = [_labels(c.predict(api_name="/downloads")) for c in clients]
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
 

@@ -181,3 +181,15 @@ def test_janitor_never_follows_a_link_out_of_its_roots(tmp_path):
     out = serving.Janitor([root], max_age=60, clock=lambda: 10_000.0).sweep()
     assert out["removed"] == 1 and victim.exists() and not (root / "old.txt").exists()
     assert (root / "link").is_symlink()
+
+
+def test_memory_release_freezes_what_lives_after_the_first_request(monkeypatch):
+    """The first release moves what is alive out of later collections' sight, once; each release collects."""
+    import gc
+
+    frozen, calls = [], []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    release = serving.MemoryRelease(lambda: calls.append(1))
+    release()
+    release()
+    assert calls == [1, 1] and frozen == [1] and release.frozen

@@ -121,5 +121,6 @@ def test_every_event_calls_a_server_method(server):
     for row in rows:
         if row.handler is not None:  # None: the debounce, which runs in the browser
             assert row.handler.__name__ in methods, row
-    assert {r.api_name for r in rows if r.handler and r.more.get("api_visibility") != "private"} == {
-        "segment", "rerun", "heatmap", "click_legend", "click_pixel", "add_segment", "compare_variants", "status"}
+    assert {r.api_name for r in rows if r.handler and r.more.get("api_visibility", "public") == "public"} == {
+        "segment", "rerun", "heatmap", "click_legend", "click_pixel", "add_segment", "compare_variants", "status",
+        "downloads"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,11 +59,17 @@ def test_segment_streams_the_one_pass_answer_then_the_complete_one(server, photo
     first, last = segmented(server, photo)
     assert first["one_pass"][1] and first["files"] is None and "Running: Crop baseline" in first["run_status"]
     assert first["crop"] == {"__type__": "update", "value": None, "visible": True}
+    assert first["chart"] is None and last["chart"].ndim == 3  # the first answer is the overlay; the chart after
     assert last["crop"]["value"][1] and last["run_status"].startswith("Done") and last["run"]["value"] == texts.RUN
-    assert {p.rsplit("/", 1)[-1] for p in last["files"]} >= {"segmentation.json", "segmentation_masks.zip"}
-    assert all(p.startswith(str(server.results)) for p in last["files"])
+    assert last["files"] is None  # made when asked: see test_downloads_*
     assert last["heatmap_classes"]["choices"] == ["sky", "grass", "ball"] and last["clicked"] == texts.CLICK_HINT
     assert server.sessions.get(last["state"]).request["vocabulary"] == "sky, grass, ball"
+    timings = server.timings(last["state"])  # where the request's time went, for bench-app
+    assert {"decode", "checks", "release", "answers"} <= timings.keys() and len(timings["answers"]) == 2
+    assert {"pipeline", "render", "session", "gradio"} <= timings["answers"][0].keys()
+    assert timings["answers"][1]["views"].keys() == {"one_pass", "crop", "latency", "chart", "files",
+                                                     "heatmap_classes", "inspect"}
+    assert server.timings("expired") is None
 
 
 def test_a_rerun_answers_from_the_cache_or_says_why_not(server, photo, session):
@@ -176,3 +183,77 @@ def test_a_bug_is_an_internal_error_with_an_id_never_a_traceback(server, photo, 
     with caplog.at_level("ERROR", logger="deop.app"), pytest.raises(gr.Error) as info:
         list(server.segment(request(server, photo)))
     assert "internal error (id " in info.value.message and "KeyError" not in info.value.message
+
+
+# -- downloads, made when asked --------------------------------------------------------------------------------
+def _made(server) -> list[Path]:
+    return sorted(server.results.glob("result-*")) if server.results.exists() else []
+
+
+def test_downloads_are_written_only_when_asked_and_equal_what_an_answer_used_to_write(server, photo, tmp_path):
+    """Nothing is written by an answer; asked, the files are byte for byte what the eager version wrote with
+    every complete answer (``save_result`` of the kept working image and result), and asked again, the same."""
+    from deop.export import save_result
+
+    before = _made(server)
+    *_, last = segmented(server, photo, vocabulary="sky, grass, box")
+    token = last["state"]
+    list(server.rerun(request(server, photo, vocabulary="sky, grass, box, ball", state=token)))
+    assert _made(server) == before  # two answers and a re-run: nothing written
+    files = server.downloads(token)
+    assert len(_made(server)) == len(before) + 1
+    view = server.sessions.get(token)
+    eager = save_result(view.image, view.result, tmp_path / "eager", "segmentation", masks=True)
+    made = {Path(f).name: Path(f) for f in files}
+    assert sorted(made) == sorted(p.name for p in eager.values())
+    for path in eager.values():
+        if path.suffix in (".png", ".json"):
+            assert made[path.name].read_bytes() == path.read_bytes(), path.name
+        else:
+            assert _zip_members(made[path.name]) == _zip_members(path)
+    assert server.downloads(token) == files and len(_made(server)) == len(before) + 1  # asked again: the same
+
+
+def _zip_members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def test_downloads_include_the_segments_added_by_clicks(server, photo):
+    import json
+    import zipfile
+
+    from deop import rle
+
+    *_, last = segmented(server, photo, vocabulary="sky, grass, ball")
+    token = last["state"]
+    view = server.sessions.get(token)
+    ys, xs = np.nonzero(view.result.work_segment_map < 0)
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    plain = server.downloads(token)
+    server.add_segment(x, y, "add a segment", token)
+    files = {Path(f).name: Path(f) for f in server.downloads(token)}
+    assert sorted(files) == sorted(Path(f).name for f in plain) and set(files.values()).isdisjoint(map(Path, plain))
+    seg = server.sessions.get(token).extra["added"][0]
+    data = json.loads(files["segmentation.json"].read_text())
+    added, = data["added_segments"]
+    mask = rle.decode(added["mask"])
+    assert mask.shape == view.result.image_size and added["area"] == int(mask.sum()) == int(seg.mask.sum())
+    assert added["id"] == "+1" and added["label_index"] == seg.label and added["top5"][0][0] == seg.top5[0][0]
+    labels = np.array(Image.open(files["segmentation_labels.png"]))
+    assert (labels[mask] == (seg.label if seg.label >= 0 else 255)).all()  # on top of the method's labels
+    with zipfile.ZipFile(files["segmentation_masks.zip"]) as z:
+        listing = json.loads(z.read("classes.json"))["classes"]
+    assert sum(c["pixels"] for c in listing) == int((labels != 255).sum())
+    assert "added_segments" not in json.loads(Path(next(f for f in plain if f.endswith(".json"))).read_text())
+
+
+def test_downloads_without_a_session_say_so(server):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="no longer kept"):
+        server.downloads("expired")
+    with pytest.raises(gr.Error, match="Segment an image first"):
+        server.downloads(None)

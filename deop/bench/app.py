@@ -61,7 +61,7 @@ class AppRecord:
     """One request. first_s: until the first streamed answer (the one-pass overlay, before the crops);
     wall_s: until the complete one. pipeline_s: the Segmenter's stages as this request ran them (a reused
     stage counts zero), read from the results JSON the app returns; the rest of wall_s is upload, queue,
-    rendering and downloads."""
+    rendering and downloads; ``outside`` splits it (see ``outside_pipeline``)."""
 
     request: str  # one of REQUESTS
     image: str
@@ -73,6 +73,8 @@ class AppRecord:
     segments: int = 0
     stages: dict[str, float] = field(default_factory=dict)  # see stage_seconds
     first_s: float | None = None
+    server: dict[str, Any] = field(default_factory=dict)  # the app's own record (/timings), when it has one
+    outside: dict[str, float] = field(default_factory=dict)  # see outside_pipeline
 
 
 EXTRA_CLASSES = ("background", "shadow", "floor", "light", "texture", "window", "road", "water", "plant", "metal")
@@ -148,7 +150,7 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
         raise AppBenchError(f"cannot connect to a Gradio app at {url}: {exc}") from None
 
     def request(kind: str, image: str, vocabulary: str) -> AppRecord:
-        start, first_s = time.perf_counter(), None
+        start, first_s, submitted = time.perf_counter(), None, time.time()
         try:
             job = client.submit(handle_file(image), vocabulary, method, api_name="/segment", **(options or {}))
             for _ in job:  # each streamed answer as it arrives
@@ -157,16 +159,18 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
         except AppError as exc:
             raise AppBenchError(f"the app refused {Path(image).name} with {vocabulary!r}: {exc}") from None
         wall = time.perf_counter() - start
-        files = out[4] or []
+        server = _call(client, "/timings") or {}  # the app's record of this request (this project's, recent)
+        files = out[4] or _call(client, "/downloads") or []  # made when asked, after the timed answer
         result_json = next((f for f in files if str(f).endswith(".json")), None)
         if result_json is None:
             raise AppBenchError(f"{url} returned no results JSON; is it this project's app?")
         result = json.loads(Path(result_json).read_text())
         first = next(iter(result["methods"].values()))
         stages = stage_seconds(result)
+        first_s = round(first_s if first_s is not None else wall, 4)
         record = AppRecord(kind, Path(image).name, vocabulary, method, round(wall, 4),
                            round(sum(stages.values()), 4), list(first["cached"]), len(first["segments"]), stages,
-                           round(first_s if first_s is not None else wall, 4))
+                           first_s, server, outside_pipeline(server, first_s, wall, submitted))
         report(record)
         return record
 
@@ -189,6 +193,41 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     return AppRun(url, status, records)
 
 
+def _call(client: Any, api_name: str) -> Any:
+    """An endpoint of the app's session, or None where the app has none (another app, an older one)."""
+    try:
+        return client.predict(api_name=api_name)
+    except Exception:
+        return None
+
+
+def outside_pipeline(server: dict[str, Any], first_s: float, wall_s: float,
+                     submitted: float | None = None) -> dict[str, float]:
+    """Where a request's time went besides the models, from the app's record (``deop.web.timings``) and the
+    client's clock: ``decode``, ``checks``, ``render`` (each output as ``view <name>``), ``session``,
+    ``gradio`` (post-processing and sending the answers), ``release``, all answers together; then
+    ``client first``/``client``: the client's time to the first/complete answer that the handler did not
+    spend (upload, queue, the HTTP round trips, and fetching the outputs' files); of it, ``before handler``
+    (from `submitted`, the client's clock on the same machine, to the handler's start: upload and queue)."""
+    if not server:
+        return {}
+    answers = server.get("answers", [])
+    out: dict[str, float] = {k: float(server.get(k, 0.0)) for k in ("decode", "checks", "release")}
+    for answer in answers:
+        for k in ("render", "session", "gradio"):
+            out[k] = out.get(k, 0.0) + answer.get(k, 0.0)
+        for name, seconds in answer.get("views", {}).items():
+            out[f"view {name}"] = out.get(f"view {name}", 0.0) + seconds
+    spent = sum(out[k] for k in ("decode", "checks", "release", "render", "session", "gradio"))
+    spent += sum(a.get("pipeline", 0.0) for a in answers)
+    until_first = out["decode"] + out["checks"] + sum(answers[0].get(k, 0.0) for k in
+                                                      ("pipeline", "render", "session", "gradio")) if answers else 0
+    out["client first"], out["client"] = first_s - until_first, wall_s - spent
+    if submitted is not None and "started" in server:
+        out["before handler"] = server["started"] - submitted
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
     """Per kind of request: how many; the median, min and max of wall seconds; the median of pipeline
     seconds and of each stage's, and of the segment count."""
@@ -200,11 +239,15 @@ def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
             stages = {k: round(statistics.median(r.stages.get(k, 0.0) for r in rows), 3)
                       for k in dict.fromkeys(k for r in rows for k in r.stages)}
             first = [r.first_s if r.first_s is not None else r.wall_s for r in rows]
+            outside = {k: round(statistics.median(r.outside.get(k, 0.0) for r in rows), 3)
+                       for k in dict.fromkeys(k for r in rows for k in r.outside)}  # where the app has /timings
             out[kind] = {"n": len(rows), "wall_median_s": round(statistics.median(wall), 3),
                          "wall_min_s": min(wall), "wall_max_s": max(wall),
                          "first_median_s": round(statistics.median(first), 3),
                          "pipeline_median_s": round(statistics.median(pipe), 3), "stage_median_s": stages,
                          "segments_median": statistics.median(r.segments for r in rows)}
+            if outside:
+                out[kind]["outside_median_s"] = outside
     return out
 
 
@@ -215,6 +258,9 @@ def format_summary(summary: dict[str, dict[str, Any]]) -> str:
         stages = ", ".join(f"{k.replace('_encoding', '')} {v:.2f}" for k, v in s["stage_median_s"].items())
         lines.append(f"{kind:<18} {s['n']:>2}  {s.get('first_median_s', s['wall_median_s']):<5.2f} s "
                      f"{spread:<26} {s['pipeline_median_s']:<7.2f} s {stages}")
+        if s.get("outside_median_s"):
+            lines.append(f"{'':<18}     outside the pipeline (median s): "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in s["outside_median_s"].items()))
     return "\n".join(lines)
 
 

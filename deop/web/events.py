@@ -24,6 +24,10 @@ PRIVATE = {"api_visibility": "private"}
 # Edits that the caches answer re-run by themselves: the threshold when its slider is let go, the fill option
 # and templates when picked (the vocabulary once typing pauses, debounced in the browser: see DEBOUNCE).
 RERUN_ON = (("none_threshold", "release"), ("fill_uncovered", "input"), ("templates", "input"))
+# A click that added or refined a segment empties the Downloads tab's list in the browser (its files were made
+# before that segment; the button makes them again); an inspecting click leaves it. An answer of /segment or
+# /rerun empties it itself.
+AFTER_CLICK = "(mode, files) => mode === 'inspect' ? files : null"
 # The vocabulary box's edits, debounced in the browser: a hidden box takes the text 0.6 s after the last
 # keystroke, and its change runs the cached re-run once (Gradio has no debounce of its own).
 DEBOUNCE = """(text, last) => new Promise(resolve => {
@@ -102,12 +106,17 @@ def table(demo: gr.Blocks, page: Page, server: Server) -> list[Row]:
         Row(page.crop.select,          legend,                   [state],            page.clicked, "click_legend"),
         Row(page.inspect.select,       server.click_pixel,       [state, page.click_mode], clicked, "click_pixel",
             PIPELINE),
+        Row(THEN,                      None,                     [page.click_mode, page.files], page.files,
+            more={"js": AFTER_CLICK, "queue": False}),
         Row(page.add_button.click,     server.add_segment,       point,              clicked,      "add_segment",
             PIPELINE),
         Row(page.compare_button.click, server.compare,           [state],            variants,     "compare_variants",
             PIPELINE),
+        Row(page.make_files.click,     server.downloads,         [state],            page.files,   "downloads"),
         Row(demo.load,                 server.status,            None,               page.status,  "status"),
         Row(page.timer.tick,           server.status,            None,               page.status,  "status"),
+        Row(page.timings_button.click, server.timings,           [state],            page.timings, "timings",
+            more={"api_visibility": "undocumented"}),
     ]
 
 

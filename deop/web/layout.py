@@ -61,12 +61,15 @@ class Page:
     variants_table: gr.Markdown
     heatmap_classes: gr.Dropdown
     heatmap: gr.Image
+    make_files: gr.Button
     files: gr.File
     add_x: gr.Number  # hidden: /add_segment's inputs for API clients (the page clicks the inspector)
     add_y: gr.Number
     add_mode: gr.Radio
     add_button: gr.Button
     debounced: gr.Textbox  # hidden: the vocabulary, once typing has paused
+    timings_button: gr.Button  # hidden: /timings, where the last request's time went (for bench-app)
+    timings: gr.JSON
     timer: gr.Timer  # ticks the status line while the models load
 
     @property
@@ -114,6 +117,7 @@ def build_page(random_weights: bool, status: str, defaults: dict[str, Any], mode
         parts["add_mode"] = gr.Radio(list(texts.CLICK_MODES), value=texts.CLICK_MODES[1], label="mode")
         parts["add_button"] = gr.Button("add")
         parts["debounced"] = gr.Textbox()
+        parts["timings_button"], parts["timings"] = gr.Button("timings"), gr.JSON()
     parts["timer"] = gr.Timer(2.0)
     return Page(**parts)
 
@@ -162,5 +166,7 @@ def _results() -> dict[str, Any]:
             parts["heatmap_classes"] = gr.Dropdown([], label="Heatmap class")
             parts["heatmap"] = gr.Image(label="Class similarity heatmap", interactive=False)
         with gr.Tab(texts.TABS["downloads"]):
-            parts["files"] = gr.File(label=texts.FILES_LABEL, file_count="multiple")
+            gr.Markdown(texts.DOWNLOADS_INTRO)
+            parts["make_files"] = gr.Button(texts.DOWNLOADS_BUTTON, elem_id="make-files")
+            parts["files"] = gr.File(label=texts.FILES_LABEL, file_count="multiple", elem_id="files")
     return parts

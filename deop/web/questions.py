@@ -1,11 +1,12 @@
 """The handlers a session's kept result answers, without running the pipeline again: the heatmap of a
 class, a click on a legend entry or on the inspector (inspect, add a segment from the cached SAM embedding,
-refine it), /add_segment for API clients, and /compare_variants. ``ResultQuestions`` is part of
-``deop.web.server.Server``; the fields it reads are the server's, named below."""
+refine it), /add_segment for API clients, /compare_variants, and /downloads (the files, made when asked).
+``ResultQuestions`` is part of ``deop.web.server.Server``; the fields it reads are the server's, named below."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,7 @@ class ResultQuestions:
     loader: ui.ModelLoader
     compute: Any  # deop.web.gpu.ModelWork
     max_added: int
+    results: Any  # pathlib.Path: where the downloads are written
     request_settings: Callable[[dict[str, Any]], tuple[Any, Any]]
     client_gone: Callable[[], Callable[[], bool] | None]
 
@@ -114,3 +116,19 @@ class ResultQuestions:
             runs.append(run)
             gallery, table = ui.variant_views(view.image, runs, view.result.classes)
             yield [gallery, table]
+
+    @user_errors
+    def downloads(self, token) -> list[str]:
+        """The full-size files of the session's result, made now (an answer does not pay for them): overlays,
+        label PNGs, the per-class masks ZIP and the JSON with every segment as COCO RLE, the segments added
+        by clicks included. Asked again with nothing new, the same files."""
+        view = self.sessions.get(token)
+        if view is None:
+            raise gr.Error(texts.EXPIRED if token else texts.NO_SESSION)
+        added = view.extra.get("added", [])
+        made = view.extra.get("downloads")
+        key = (id(view.result), tuple(id(a) for a in added))
+        if made is None or made[0] != key or not all(Path(p).is_file() for p in made[1]):  # swept: made again
+            made = (key, ui.downloads(view.image, view.result, self.results, added))
+            view.extra["downloads"] = made
+        return list(made[1])

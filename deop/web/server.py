@@ -27,6 +27,7 @@ from . import gpu, texts
 from .errors import user_errors
 from .files import work_dir
 from .questions import ResultQuestions
+from .timings import RequestClock
 from .workarounds import data_url_folder, upload_folder
 
 log = logging.getLogger("deop.app")
@@ -57,7 +58,8 @@ class Server(ResultQuestions):
         self.pool = ui.SegmenterPool(self.segmenter, [kind for _, kind in self.models])
         self.compute = gpu.ModelWork(self.pool, time_limit)
         self.sessions = serving.SessionStore(session_bytes)
-        self.results = self.folder / "results"
+        self.results = self.folder / "results"  # the downloads, made when a visitor asks (Server.downloads)
+        self.release = serving.MemoryRelease()
         self.janitor = serving.Janitor(self._swept_folders())
         self.options = [request_options()[name] for name in APP_OPTIONS]
         self.defaults = {"vocabulary": DEFAULT_VOCABULARY, "method": "both", "proposal_model": config.proposal_model,
@@ -125,6 +127,7 @@ class Server(ResultQuestions):
         """The request, streamed: the first method's answer, then each further one; the session keeps the
         last (its token in the browser's state). With the session's `view` (a cached re-run), its working
         image is used instead of the upload, and the segments added by clicks are kept, relabelled."""
+        clock = RequestClock()
         gone = self.client_gone()
         v = self.checked(values)
         if values["image"] is None:
@@ -133,6 +136,7 @@ class Server(ResultQuestions):
         if self.loader.error:
             raise gr.Error(self.loader.error)
         seg, opts = self.request_settings(v)
+        clock.lap("checks")
         if view is not None:  # not the upload again: it may be gone (swept after an hour) or 48 MP to decode
             work, input_size = view.image, view.result.image_size
         else:
@@ -140,6 +144,7 @@ class Server(ResultQuestions):
             input_size = image.shape[:2]
             work = resize_max_side(image, opts.max_side)  # all the session keeps; full size only for downloads
             del image
+        clock.lap("decode")
         vocabulary = parse_vocabulary(v["vocabulary"])
         sam_input = seg.proposer_spec.input_size_for(opts.proposals.sam_input_size)  # MobileSAM: always 1024
         serving.check_cost(self.loader.costs, work.shape[:2], {**v, "sam_input_size": sam_input,
@@ -151,18 +156,26 @@ class Server(ResultQuestions):
         request = {**v, "image": values["image"]}
         kept = view.extra.get("added", []) if view is not None else []
         added = None  # the kept segments relabelled, once: every streamed result has the same vocabulary
+        clock.lap("checks")
         try:
             for result in self.compute.stream(v["proposal_model"], work, vocabulary, v["method"], opts, input_size,
-                                           progress=self.local(report), cancelled=gone):
-                views = ui.segment_views(work, result, self.results)
+                                              progress=self.local(report), cancelled=gone):
+                shown = clock.answer()
+                clock.lap("pipeline", answer=True)
+                views = ui.segment_views(work, result, record=shown)
                 if added is None:
                     added = self.compute.relabel(v["proposal_model"], work, vocabulary, kept, opts) if kept else []
                 if added:
                     views["one_pass"] = (work, ui.annotations(result, result.primary, added))
-                token = self.sessions.put(serving.SessionView(work, result, request, {"added": added}), token)
+                clock.lap("render", answer=True)
+                token = self.sessions.put(serving.SessionView(work, result, request, {"added": added,
+                                                                                      "timings": clock}), token)
+                clock.lap("session", answer=True)
                 yield self.outputs(views, result, token, note)
+                clock.lap("gradio", answer=True)
         finally:
-            serving.release_memory()
+            self.release()
+            clock.lap("release")
 
     @user_errors
     def segment(self, values: dict[str, Any], progress=None) -> Iterator[list]:
@@ -206,7 +219,9 @@ class Server(ResultQuestions):
         """An example's answer as Gradio caches it (lazily: the first visitor pays, later ones get it at
         once): plain values only, no session (pressing Segment makes one)."""
         *_, last = self.pipeline({**self.defaults, "image": image, "vocabulary": vocabulary}, None)
-        left, crop, latency, chart, files, _, view, status, _, token, _ = last
+        left, crop, latency, chart, _, _, view, status, _, token, _ = last
+        kept = self.sessions.get(token)  # an example's downloads are cached with it: made here, once
+        files = ui.downloads(kept.image, kept.result, self.results)
         self.sessions.drop(token)
         return [left, crop["value"] or left, latency, chart, files, view, status]
 
@@ -216,3 +231,10 @@ class Server(ResultQuestions):
 
     def status(self) -> str:
         return self.loader.status()
+
+    def timings(self, token) -> dict | None:
+        """Where the session's last request spent its time on the server (``RequestClock``), for
+        ``python -m deop bench-app``; None without a session."""
+        view = self.sessions.get(token)
+        clock = view.extra.get("timings") if view is not None else None
+        return clock.to_dict() if clock is not None else None

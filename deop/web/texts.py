@@ -20,6 +20,9 @@ COMPARE_INTRO = ("The same proposals classified by each training-free way of cha
                  "cached, so a second look costs nothing.")
 PROPOSAL_MODEL_INFO = "loaded on first use; same options for all"
 FILES_LABEL = "Overlay, labels, per-class masks, JSON (segments as COCO RLE)"
+DOWNLOADS_INTRO = ("The overlays, the full-size label maps, a ZIP of per-class masks and the results JSON (every "
+                   "segment as COCO RLE, the segments you added included) are made when you ask for them.")
+DOWNLOADS_BUTTON = "Make the files"
 TABS = {"inspect": "Inspect a segment", "compare": "Compare variants", "heatmap": "Class heatmap",
         "downloads": "Downloads"}
 
