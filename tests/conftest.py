@@ -83,11 +83,18 @@ def scene_image() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def app_url(segmenter):
+def app_served(segmenter):
+    """(the built app, its URL): the app's ``Server`` is ``demo.deop``, for tests that look at its sessions."""
     from deop.web.app import build_app
 
-    with serve(build_app(SMALL_CONFIG)) as url:
-        yield url
+    demo = build_app(SMALL_CONFIG)
+    with serve(demo) as url:
+        yield demo, url
+
+
+@pytest.fixture(scope="session")
+def app_url(app_served):
+    return app_served[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import SMALL_CONFIG, scene
-from deop.clip.severance import SEVERANCE_VARIANTS
+from deop.clip.severance import COMPARED_VARIANTS
 from deop.web import texts
 from deop.web.server import SEGMENT_EVENT_OUTPUTS, Server
 
@@ -146,7 +146,7 @@ def test_a_click_inspects_or_adds_and_a_legend_entry_lists_its_segments(server, 
 def test_compare_variants_yields_one_overlay_per_variant(server, session):
     token, _ = session
     *_, (gallery, table) = server.compare(token)
-    assert len(gallery) == len(SEVERANCE_VARIANTS) and "same as DeOP: segments" in table
+    assert len(gallery) == len(COMPARED_VARIANTS) and "same as DeOP: segments" in table
     assert list(server.compare("expired")) == [[SKIP, texts.EXPIRED]]
 
 

@@ -302,8 +302,12 @@ class Proposer:
     precision: str = "float32"  # what it runs at (``deop.precision``); the weights stay as built
 
     def autocast(self) -> Any:
+        from contextlib import nullcontext
+
         from ..precision import autocast
 
+        if self.precision == "float32":  # the exact reference: nothing to set up, whatever the model holds
+            return nullcontext()
         return autocast(next(self.model.parameters()).device, self.precision)
 
     @property
