@@ -30,6 +30,20 @@ def patch_size_of(model: nn.Module) -> int:
     return int(conv.kernel_size[0])
 
 
+def embed_patches(model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The class token and the patch embeddings [B, 1 + gh * gw, width] of images [B, 3, H, W] whose sides
+    are multiples of the patch size, before any position embedding, and the grid (gh, gw)."""
+    visual = model.visual
+    p = patch_size_of(model)
+    b, _, h, w = pixels.shape
+    if h % p or w % p:
+        raise ValueError(f"image sides ({h}x{w}) must be multiples of the patch size {p}")
+    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+    x = x.reshape(b, x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(b, -1, -1)
+    return torch.cat([cls, x], dim=1), (h // p, w // p)
+
+
 # How the position table is resized to a new grid: "size" interpolates to exactly (gh, gw); "official" is
 # the rule of SCLIP, ClearCLIP and NACLIP (interpolate_pos_encoding in their clip/model.py or open_clip's
 # transformer.py): scale_factor (g' + 0.1) / g, which gives the same grid but samples the table at
@@ -162,17 +176,8 @@ def encode_dense(
     depth = len(visual.transformer.resblocks)
     if not 1 <= n_severed <= depth:
         raise OptionError(f"n_severed must be between 1 and {depth}, got {n_severed}")
-    p = patch_size_of(model)
-    b, _, h, w = pixels.shape
-    if h % p or w % p:
-        raise ValueError(f"image sides ({h}x{w}) must be multiples of the patch size {p}")
-    grid = (h // p, w // p)
-
-    dtype = visual.conv1.weight.dtype
-    x = visual.conv1(pixels.to(dtype))
-    x = x.reshape(b, x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(b, -1, -1)
-    x = torch.cat([cls, x], dim=1)
+    b = pixels.shape[0]
+    x, grid = embed_patches(model, pixels)
     x = x + resize_pos_embed(visual.positional_embedding, grid, position_rule).to(x.dtype)
     x = visual.patch_dropout(x)
     x = visual.ln_pre(x)

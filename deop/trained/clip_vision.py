@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..clip.dense import resize_pos_embed
+from ..clip.dense import embed_patches, resize_pos_embed
 
 POSITION_BLOCKS = (1, 2, 3, 4, 5)
 SEVERED_BLOCK = 11
@@ -65,15 +65,7 @@ def encode_masked(clip_model: nn.Module, positions: LearnedPositions, pixels: to
     """[gh, gw, D] L2-normalised patch features of one image [1, 3, H, W] (sides multiples of 16) whose
     generator mask logits are `mask_logits` [Q, h, w]."""
     visual = clip_model.visual
-    p = int(visual.conv1.kernel_size[0])
-    _, _, h, w = pixels.shape
-    if h % p or w % p:
-        raise ValueError(f"image sides ({h}x{w}) must be multiples of the patch size {p}")
-    grid = (h // p, w // p)
-    dtype = visual.conv1.weight.dtype
-    x = visual.conv1(pixels.to(dtype))
-    x = x.reshape(1, x.shape[1], -1).permute(0, 2, 1)
-    x = torch.cat([visual.class_embedding.to(x.dtype).reshape(1, 1, -1), x], dim=1)
+    x, grid = embed_patches(clip_model, pixels)
     x = x + resize_pos_embed(visual.positional_embedding, grid).to(x.dtype)
     x = x + positions.at(positions.input, grid).to(x.dtype)
     x = visual.ln_pre(x)
