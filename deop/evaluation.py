@@ -296,6 +296,9 @@ class Partial:
     images: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (dataset, sample name, message)
     seconds: dict[str, float] = field(default_factory=dict)  # per dataset: time spent scoring its images
+    # when the last of these images was scored (time.time(), the scoring process's clock): Ray hands results
+    # to the driver in bursts, so the driver's receipt times would misstate a steady rate
+    finished: float = 0.0
 
     def add(self, other: Partial) -> Partial:
         for key, counts in other.counts.items():
@@ -306,6 +309,7 @@ class Partial:
         self.failed += other.failed
         for key, t in other.seconds.items():
             self.seconds[key] = self.seconds.get(key, 0.0) + t
+        self.finished = max(self.finished, other.finished)
         return self
 
     def matrix(self, spec: DatasetSpec, run: str) -> ConfusionMatrix:
@@ -389,6 +393,7 @@ class Scorer:
                 part.counts[key] = part.counts[key] + counts if key in part.counts else counts
             part.images[spec.key] = part.images.get(spec.key, 0) + 1
             part.seconds[spec.key] = part.seconds.get(spec.key, 0.0) + time.perf_counter() - start
+        part.finished = time.time()
         return part
 
 

@@ -129,4 +129,17 @@ def test_bench_eval_measures_each_engine(tmp_path, segmenter):
     assert [(r["engine"], r["threads"]) for r in out["records"]][-1] == ("local", 1)
     for r in out["records"]:
         assert r["images"] == 3 and r["images_per_second"] > 0 and r["startup_s"] > 0
+        # one process scores one image after another: its pipeline time is part of its time per image
+        assert 0 < r["scoring_s"] <= r["per_image_s"]
     assert out["ray_overhead_per_image_s"] is None and "| local |" in format_records(out)
+
+
+def test_partials_sum_counts_and_keep_the_last_finish():
+    from deop.evaluation import Partial
+
+    a = Partial({("d", "r"): np.eye(2, dtype=np.int64)}, {"d": 1}, [], {"d": 0.5}, finished=10.0)
+    b = Partial({("d", "r"): np.ones((2, 2), np.int64)}, {"d": 2}, [("d", "x", "bad")], {"d": 1.0}, finished=7.0)
+    total = Partial().add(a).add(b)
+    assert total.counts[("d", "r")].tolist() == [[2, 1], [1, 2]] and total.images == {"d": 3}
+    assert total.seconds == {"d": 1.5} and total.failed == [("d", "x", "bad")] and total.finished == 10.0
+    assert a.counts[("d", "r")].tolist() == [[1, 0], [0, 1]]  # the first partial was copied, not summed into
