@@ -56,6 +56,37 @@ def test_bfloat16_sam_embedding_within_2_percent(segmenter, bf16):
     assert ((low - full).norm() / full.norm()).item() < 0.02
 
 
+def test_cpu_autocast_hands_attention_a_contiguous_sequence_first_input(segmenter, monkeypatch):
+    """Under CPU bfloat16 autocast a batch-first attention's in-projection must see a contiguous [L, N, E]
+    input (on a transposed view torch's bfloat16 linear copies its weight per position: 4x slower crops);
+    at float32 its input is stock's own view, untouched."""
+    from torch.nn.modules import activation
+
+    seen: list[bool] = []
+    stock = activation.F.multi_head_attention_forward
+
+    def spy(query, *args, **kwargs):
+        seen.append(query.is_contiguous())
+        return stock(query, *args, **kwargs)
+
+    monkeypatch.setattr(activation.F, "multi_head_attention_forward", spy)
+    attention = [m for m in segmenter.clip.model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    hooks = [h for m in attention for h in m._forward_pre_hooks.values()]
+    assert attention and len(hooks) == len(attention)
+    x = torch.rand(2, 5, attention[0].embed_dim)
+    assert hooks[0](attention[0], (x, x, x), {}) is None  # float32: stock's input, untouched
+    crops = torch.rand(3, 3, segmenter.clip.image_size, segmenter.clip.image_size)
+    with torch.inference_mode():
+        full = segmenter.clip.model.encode_image(crops)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = segmenter.clip.model.encode_image(crops)
+            one = segmenter.clip.model.encode_image(crops[:1])
+    assert seen and all(seen)
+    assert F.cosine_similarity(full, low.float()).min() >= 0.99
+    assert F.cosine_similarity(low[:1].float(), one.float()).item() >= 0.999  # batched as one at a time
+
+
 @pytest.fixture(scope="module")
 def results(segmenter, bf16):
     """(float32, bfloat16) results of the same image, vocabulary and weights."""
