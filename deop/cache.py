@@ -87,6 +87,9 @@ class StageCache:
 
         return self._lru.get_or_compute(key, run)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._lru
+
     def clear(self) -> None:
         self._lru.clear()
 
@@ -96,3 +99,20 @@ class StageCache:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+@dataclass
+class Stage:
+    """One lookup of a cached stage, not yet made: whether it is ``ready`` can be asked before paying for
+    it (a streamed answer skips a frame whose successor costs nothing)."""
+
+    cache: StageCache
+    key: Hashable
+    compute: Callable[[], Any]
+
+    @property
+    def ready(self) -> bool:
+        return self.key in self.cache
+
+    def get(self) -> tuple[TimedValue, bool]:
+        return self.cache.get(self.key, self.compute)

@@ -16,6 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from .cache import Stage
     from .pipeline import Request, Segmenter, TimedValue
 
 
@@ -42,9 +43,13 @@ class Method:
     description: str = ""
     image_reads_proposals: bool = False
 
-    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
-        """The method's cached image stage (reported as ``image_encoding``) and whether it was reused."""
+    def stage(self, segmenter: Segmenter, request: Request) -> Stage:
+        """The method's cached image stage (reported as ``image_encoding``), not yet looked up."""
         raise NotImplementedError
+
+    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+        """The image stage's value and whether it was reused."""
+        return self.stage(segmenter, request).get()
 
     def classify(self, request: Request, encoded: Any) -> Labels:
         raise NotImplementedError
@@ -74,8 +79,8 @@ class DenseMap(Method):
     """Methods that read one dense CLIP pass: the pass is the cached stage; the class-patch similarity
     (the heatmaps) comes with them."""
 
-    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
-        return segmenter.features(request.work, request.options, request.key)
+    def stage(self, segmenter: Segmenter, request: Request) -> Stage:
+        return segmenter.features_stage(request.work, request.options, request.key)
 
     def _similarity(self, request: Request, features: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
         from .classify import dense_labels, dense_similarity
@@ -104,9 +109,9 @@ class Dense(DenseMap):
 
 
 class Crop(Method):
-    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
-        return segmenter.crop_embeddings(request.work, request.proposals, request.options, request.key,
-                                         request.deadline)
+    def stage(self, segmenter: Segmenter, request: Request) -> Stage:
+        return segmenter.crops_stage(request.work, request.proposals, request.options, request.key,
+                                     request.deadline)
 
     def classify(self, request: Request, encoded: torch.Tensor) -> Labels:
         from .classify import probabilities
@@ -120,12 +125,13 @@ class Trained(Method):
     queries' masks inside block 11, CAL gives each query its embedding; a segment's probabilities are its
     query's, the label map the official combination of all 100 queries' masks and probabilities."""
 
-    def encode(self, segmenter: Segmenter, request: Request) -> tuple[TimedValue, bool]:
+    def stage(self, segmenter: Segmenter, request: Request) -> Stage:
+        from .cache import Stage
         from .trained.run import encode_trained
 
         trained = segmenter.trained
-        return segmenter.stages["trained"].get(self.stage_key(segmenter, request, trained.key),
-                                               lambda: encode_trained(trained, request.proposals))
+        return Stage(segmenter.stages["trained"], self.stage_key(segmenter, request, trained.key),
+                     lambda: encode_trained(trained, request.proposals))
 
     def classify(self, request: Request, encoded: Any) -> Labels:
         from .trained.run import classify_trained

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import rle
-from .cache import StageCache, TimedValue
+from .cache import Stage, StageCache, TimedValue
 from .classify import dense_features, encode_crops, labels_from
 from .clip.severance import COMPARED_VARIANTS
 from .config import SegmenterConfig, SegmentOptions
@@ -166,19 +166,26 @@ class Segmenter:
         """What an image's proposals depend on; a stage computed from the proposals keys on this too."""
         return key, self.config.proposal_model, self.config.random_weights, self.precision, options.proposals
 
-    def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
-                 ) -> tuple[TimedValue, bool]:
+    def features_stage(self, image: np.ndarray, options: SegmentOptions, key: str | None = None) -> Stage:
         clip = self.clip
         key = (key or image_key(image), clip.key, options.clip_size, options.severance, options.n_severed)
-        return self.stages["dense"].get(key, lambda: dense_features(clip, image, options.clip_size, options.severance,
-                                                                    options.n_severed))
+        return Stage(self.stages["dense"], key, lambda: dense_features(clip, image, options.clip_size,
+                                                                       options.severance, options.n_severed))
+
+    def features(self, image: np.ndarray, options: SegmentOptions, key: str | None = None
+                 ) -> tuple[TimedValue, bool]:
+        return self.features_stage(image, options, key).get()
+
+    def crops_stage(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
+                    key: str | None = None, deadline: Deadline | None = None) -> Stage:
+        clip = self.clip
+        key = (key or image_key(image), clip.key, self.config.proposal_model, options.proposals, options.crop_margin)
+        return Stage(self.stages["crops"], key, lambda: encode_crops(clip, image, proposals, options.crop_margin,
+                                                                     options.crop_batch_size, deadline))
 
     def crop_embeddings(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
                         key: str | None = None, deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
-        clip = self.clip
-        key = (key or image_key(image), clip.key, self.config.proposal_model, options.proposals, options.crop_margin)
-        return self.stages["crops"].get(key, lambda: encode_crops(clip, image, proposals, options.crop_margin,
-                                                                  options.crop_batch_size, deadline))
+        return self.crops_stage(image, proposals, options, key, deadline).get()
 
     # -- the call ---------------------------------------------------------------------------------
     def segment(self, image: Any, vocabulary: str | Vocabulary, method: str = "both",
@@ -206,7 +213,8 @@ class Segmenter:
                timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
                input_size: tuple[int, int] | None = None, **overrides: Any) -> Iterator[SegmentationResult]:
         """``segment`` one method at a time: a result after each of the run's methods, the last complete
-        (``pending`` empty). With "both", the one-pass answer comes before the crops are encoded."""
+        (``pending`` empty). With "both", the one-pass answer comes before the crops are encoded; when the
+        remaining methods' image stages are all cached, the complete result comes alone."""
         try:
             yield from self._stream(image, vocabulary, method, options, progress, Deadline(timeout, cancelled),
                                     input_size, overrides)
@@ -249,7 +257,10 @@ class Segmenter:
             report(0.4 + 0.5 * i / len(methods), f"Classifying ({m.name})")
             done[m.name], labels = self._run(m, request, areas)
             similarity = labels.similarity if labels.similarity is not None else similarity
-            yield self._result(request, method, done, [x.name for x in methods[i + 1:]], work_map, similarity)
+            rest = methods[i + 1:]
+            if rest and all(x.stage(self, request).ready for x in rest):
+                continue  # the rest cost next to nothing (cached): one answer, not a frame per method
+            yield self._result(request, method, done, [x.name for x in rest], work_map, similarity)
 
     def _prepare(self, image: Any, vocabulary: str | Vocabulary, opts: SegmentOptions, deadline: Deadline,
                  report: Progress) -> Request:

@@ -94,6 +94,20 @@ def test_second_vocabulary_reuses_proposals_and_features(segmenter, monkeypatch)
     assert one.first_run_timings["image_encoding"] == first.methods["one-pass"].timings["image_encoding"]
 
 
+def test_a_stream_sends_a_frame_only_before_work_that_costs(segmenter):
+    """The one-pass answer comes before the crops are encoded; once they are cached (a new vocabulary on
+    the same image), the complete answer comes alone: an intermediate frame would cost a render and a
+    round trip for nothing."""
+    image = scene(seed=12)
+    first = list(segmenter.stream(image, "sky, grass", "both"))
+    assert [r.pending for r in first] == [["crop"], []]
+    again = list(segmenter.stream(image, "sky, ball", "both"))
+    assert [r.pending for r in again] == [[]] and set(again[0].methods) == {"one-pass", "crop"}
+    assert again[0].methods["crop"].cached == ["proposals", "image_encoding"]
+    segmenter.stages["crops"].clear()  # the dense map cached, the crops not: the frame before them again
+    assert [r.pending for r in segmenter.stream(image, "sky, tree", "both")] == [["crop"], []]
+
+
 def test_dense_method_runs_without_sam(segmenter, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("SAM must not run for the dense method")

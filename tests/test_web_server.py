@@ -77,6 +77,7 @@ def test_a_rerun_answers_from_the_cache_or_says_why_not(server, photo, session):
     cheap = [dict(zip(SEGMENT_EVENT_OUTPUTS, out))
              for out in server.rerun(request(server, photo, vocabulary="tree, water", state=token))]
     assert cheap[-1]["run_status"].startswith("Cached re-run (vocabulary changed)") and cheap[-1]["run"] == SKIP
+    assert len(cheap) == 1  # every stage cached: the complete answer at once, no intermediate frame
     costly, = server.rerun(request(server, photo, vocabulary="tree, water", points_per_side=6, state=token))
     costly = dict(zip(SEGMENT_EVENT_OUTPUTS, costly))
     status, button = costly["run_status"], costly["run"]
