@@ -146,6 +146,14 @@ class EvalActor:
         return {"partial": np.array([pickle.dumps(part)], dtype=object)}
 
 
+def evaluate(config: SegmenterConfig, plan: Plan, samples: Sequence[Sample], engine: EngineConfig,
+             report: Callable[[Partial], None]) -> Partial:
+    """Scores `samples` where `engine` says: this process (one ``Scorer``), or Ray's model actors."""
+    if engine.engine == "ray":
+        return evaluate_ray(config, plan, samples, engine, report)
+    return evaluate_local(Scorer(config, plan), samples, report)
+
+
 def evaluate_local(scorer: Scorer, samples: Sequence[Sample], report: Callable[[Partial], None]) -> Partial:
     total = Partial()
     for sample in samples:

@@ -57,7 +57,8 @@ def test_local_and_ray_engines_give_identical_confusion_matrices(ray_session, tm
     assert str(broken) in remote.failed[0][2]
 
 
-def test_resumed_segment_on_ray_writes_only_what_was_missing(ray_session, tmp_path, segmenter, capsys):  # noqa: F811
+def test_resumed_segment_on_ray_writes_only_what_was_missing(ray_session, tmp_path, segmenter, capsys,  # noqa: F811
+                                                             monkeypatch):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     for i, stem in enumerate("abc"):
@@ -77,6 +78,12 @@ def test_resumed_segment_on_ray_writes_only_what_was_missing(ray_session, tmp_pa
     assert rewritten and {n[0] for n in rewritten} == {"b", "c"}  # a's files untouched
     assert main([*args, "--resume"]) == 0  # nothing left to do
     assert "resume: 3 of 3" in capsys.readouterr().err
+
+    def no_ray(*a, **k):
+        raise AssertionError("nothing left to segment: Ray must not start")
+
+    monkeypatch.setattr("deop.engine.segment_ray", no_ray)
+    assert main([*args, "--engine", "ray", "--resume"]) == 0
 
 
 def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):

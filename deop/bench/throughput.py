@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from .measure import ASSETS
+
 PHOTOS = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")
 CLASSES = ("person", "cat", "cup", "rocket", "sky", "grass", "table", "wall")
 
@@ -59,8 +60,7 @@ def make_dataset(root: Path, n: int, size: tuple[int, int] = (480, 640), seed: i
 def run_engine(config: Any, plan: Any, samples: list, engine: Any, threads: int | None = None) -> ThroughputRecord:
     import torch
 
-    from ..engine import evaluate_local, evaluate_ray
-    from ..evaluation import Scorer
+    from ..engine import evaluate
 
     marks: list[tuple[float, int, float]] = []
 
@@ -68,15 +68,12 @@ def run_engine(config: Any, plan: Any, samples: list, engine: Any, threads: int 
         marks.append((part.finished, sum(part.images.values()) + len(part.failed), sum(part.seconds.values())))
 
     start = time.time()
-    if engine.engine == "ray":
-        evaluate_ray(config, plan, samples, engine, report)
-    else:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads or before)
-        try:
-            evaluate_local(Scorer(config, plan), samples, report)
-        finally:
-            torch.set_num_threads(before)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)  # this process's (Ray's actors set their own: threads is None)
+    try:
+        evaluate(config, plan, samples, engine, report)
+    finally:
+        torch.set_num_threads(before)
     marks.sort()  # by when each image was scored, not when the driver heard of it
     first_t = marks[0][0]
     rest = sum(n for _, n, _ in marks[1:])

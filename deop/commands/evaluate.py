@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _execute(args: argparse.Namespace, config: Any, engine: Any, plan: Any, samples: list, bars: dict) -> Any:
     """Runs the plan on the engine, advancing each dataset's progress bar as its images are done."""
-    from ..engine import evaluate_local, evaluate_ray
-    from ..evaluation import Partial, Scorer
+    from ..engine import evaluate
+    from ..evaluation import Partial
 
     def report(part: Partial) -> None:
         done: dict[str, int] = dict(part.images)
@@ -104,9 +104,7 @@ def _execute(args: argparse.Namespace, config: Any, engine: Any, plan: Any, samp
         for key, n in done.items():
             bars[key].update(n)
 
-    if engine.engine == "ray":
-        return evaluate_ray(config, plan, samples, engine, report)
-    return evaluate_local(Scorer(config, plan), samples, report)
+    return evaluate(config, plan, samples, engine, report)
 
 
 def _bars(counts: dict[str, int]) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             tqdm.write(line)
 
-    if engine.engine == "ray":
+    if items and engine.engine == "ray":  # nothing left (a finished --resume): no Ray started
         from ..engine import segment_ray
 
         failed += segment_ray(config, vocabulary, args.method, out_dir, items, engine, report)
