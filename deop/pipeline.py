@@ -183,10 +183,6 @@ class Segmenter:
         return Stage(self.stages["crops"], key, lambda: encode_crops(clip, image, proposals, options.crop_margin,
                                                                      options.crop_batch_size, deadline))
 
-    def crop_embeddings(self, image: np.ndarray, proposals: Proposals, options: SegmentOptions,
-                        key: str | None = None, deadline: Deadline | None = None) -> tuple[TimedValue, bool]:
-        return self.crops_stage(image, proposals, options, key, deadline).get()
-
     # -- the call ---------------------------------------------------------------------------------
     def segment(self, image: Any, vocabulary: str | Vocabulary, method: str = "both",
                 options: SegmentOptions | None = None, progress: Progress | None = None,

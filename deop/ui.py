@@ -239,8 +239,8 @@ def latency_markdown(result: SegmentationResult) -> str:
     if result.agreement:
         lines.append(f"The two methods agree on {100 * result.agreement['segments']:.0f}% of segments "
                      f"({100 * result.agreement['pixels']:.0f}% of their pixels).")
-    if precision_line(result):
-        lines.append(precision_line(result))
+    if precision := precision_line(result):
+        lines.append(precision)
     first = next(iter(result.methods.values()))
     if first.cached:
         this_call = first.timings["total"]

@@ -52,24 +52,14 @@ def is_stock_decoder(decoder: nn.Module) -> bool:
             and all(stock(layer, "TwoWayAttentionBlock") for layer in transformer.layers))
 
 
-def _heads(x: Tensor, n: int) -> Tensor:
-    b, t, c = x.shape
-    return x.reshape(b, t, n, c // n).transpose(1, 2)
-
-
-def _merge(x: Tensor) -> Tensor:
-    b, n, t, c = x.shape
-    return x.transpose(1, 2).reshape(b, t, n * c)
-
-
 def _attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, batch: int) -> Tensor:
     """Stock ``Attention.forward`` after its input projections; `q`, `k`, `v` already projected, any of them
     with a batch of 1 standing for `batch` identical rows (expanded, so the products see stock's shapes)."""
-    q, k, v = (_heads(t, attn.num_heads).expand(batch, -1, -1, -1) for t in (q, k, v))
+    q, k, v = (attn._separate_heads(t, attn.num_heads).expand(batch, -1, -1, -1) for t in (q, k, v))
     scores = q @ k.permute(0, 1, 3, 2)
     scores = scores / math.sqrt(q.shape[-1])
     out = torch.softmax(scores, dim=-1) @ v
-    return attn.out_proj(_merge(out))
+    return attn.out_proj(attn._recombine_heads(out))
 
 
 def _first_layer(layer: nn.Module, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor

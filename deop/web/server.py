@@ -220,8 +220,7 @@ class Server(ResultQuestions):
         once): plain values only, no session (pressing Segment makes one)."""
         *_, last = self.pipeline({**self.defaults, "image": image, "vocabulary": vocabulary}, None)
         left, crop, latency, chart, _, _, view, status, _, token, _ = last
-        kept = self.sessions.get(token)  # an example's downloads are cached with it: made here, once
-        files = ui.downloads(kept.image, kept.result, self.results)
+        files = self.downloads(token)  # an example's downloads are cached with it: made here, once
         self.sessions.drop(token)
         return [left, crop["value"] or left, latency, chart, files, view, status]
 
