@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generator import probabilities_at
+
 D_MODEL, HEADS, FFN, N_QUERIES = 512, 8, 1024, 100
 
 
@@ -132,4 +134,4 @@ class Cal(nn.Module):
 
 def proposal_masks(mask_logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[Q, gh, gw] CAL's masks: sigmoid of the logits, then resized bilinearly to the CLIP grid."""
-    return F.interpolate(mask_logits[None].float().sigmoid(), size=grid, mode="bilinear", align_corners=False)[0]
+    return probabilities_at(mask_logits.float(), grid)

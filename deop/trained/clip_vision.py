@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clip.dense import embed_patches, resize_pos_embed
+from .generator import logits_at
 
 POSITION_BLOCKS = (1, 2, 3, 4, 5)
 SEVERED_BLOCK = 11
@@ -46,8 +47,7 @@ class LearnedPositions(nn.Module):
 def mask_scale(mask_logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[1 + gh*gw] the severed block's scale per token: the class token's is the number of masks, each
     patch's the sum over the masks of sigmoid(logits resized bilinearly to the patch grid)."""
-    logits = F.interpolate(mask_logits[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
-    s = logits.sigmoid().sum(dim=0).reshape(-1)
+    s = logits_at(mask_logits.float(), grid).sigmoid().sum(dim=0).reshape(-1)
     return torch.cat([s.new_full((1,), float(len(mask_logits))), s])
 
 

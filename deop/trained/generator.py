@@ -99,6 +99,25 @@ def preprocess(image: np.ndarray, short_side: int = TEST_SHORT_SIDE, max_size: i
     return F.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)[None], (h, w)
 
 
+def logits_at(logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(Q, gh, gw) mask logits resized bilinearly (half-pixel centres) to a grid over the padded input, as
+    block 11 of the trained CLIP resizes them to its patch grid before the sigmoid."""
+    return F.interpolate(logits[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+
+
+def probabilities_at(logits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(Q, gh, gw) sigmoid masks resized bilinearly to a grid over the padded input, as the trained model
+    resizes them for its classification-anchor decoder (sigmoid first, then resize)."""
+    return F.interpolate(logits.sigmoid()[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+
+
+def padded_probabilities(logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """(Q, h, w) sigmoid masks at the model input: logits upsampled bilinearly to the padded input, cropped to
+    the resized image's `size`, sigmoid."""
+    up = F.interpolate(logits[None], size=tuple(padded), mode="bilinear", align_corners=False)[0]
+    return up[:, :size[0], :size[1]].sigmoid()
+
+
 @dataclass
 class QueryMasks:
     """The 100 query masks of one image, as the generator gives them (see the module docstring)."""
@@ -116,24 +135,17 @@ class QueryMasks:
                       ) -> torch.Tensor:
         """(k, H, W) sigmoid masks of the queries `index` (all by default) at `size` (the image's)."""
         logits = self.logits if index is None else self.logits[index]
-        up = F.interpolate(logits[None], size=self.padded_size, mode="bilinear", align_corners=False)[0]
-        h, w = self.resized_size
-        prob = up[:, :h, :w].sigmoid()
+        prob = padded_probabilities(logits, self.padded_size, self.resized_size)
         size = tuple(size or self.image_size)
-        if size != (h, w):
+        if size != tuple(self.resized_size):
             prob = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
         return prob
 
     def logits_at(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(Q, gh, gw) logits resized bilinearly (half-pixel centres) to a grid over the padded input, as
-        block 11 of the trained CLIP resizes them to its patch grid before the sigmoid."""
-        return F.interpolate(self.logits[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+        return logits_at(self.logits, grid)
 
     def probabilities_at(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(Q, gh, gw) sigmoid masks resized bilinearly to a grid over the padded input, as the trained
-        model resizes them for its classification-anchor decoder (sigmoid first, then resize)."""
-        return F.interpolate(self.logits.sigmoid()[None], size=tuple(grid), mode="bilinear",
-                             align_corners=False)[0]
+        return probabilities_at(self.logits, grid)
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -29,6 +29,7 @@ from torch import nn
 from ..clip.prompts import LearnedPrompt
 from .cal import Cal, proposal_masks
 from .clip_vision import LearnedPositions, encode_masked
+from .generator import padded_probabilities
 
 LOGIT_SCALE = 100.0
 CLIP_NAME = "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16 needs open_clip's QuickGELU config
@@ -164,8 +165,7 @@ def semantic_scores(probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def image_masks(mask_logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """[Q, h, w] sigmoid masks at the model input: logits upsampled bilinearly to the padded input, cropped to
     the image's `size`, sigmoid."""
-    up = F.interpolate(mask_logits[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
-    return up[:, :size[0], :size[1]].sigmoid()
+    return padded_probabilities(mask_logits.float(), padded, size)
 
 
 def label_map(scores: torch.Tensor, shape: tuple[int, int], chunk: int = 16) -> np.ndarray:
