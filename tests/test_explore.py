@@ -149,3 +149,27 @@ def test_adding_a_segment_stops_when_its_client_went_away(segmenter, image):
 def test_without_added_segments_the_downloads_result_is_the_result_itself(segmenter, image):
     result = segmenter.segment(image, VOCAB, "one-pass")
     assert explore.with_added(result, []) is result and "added_segments" not in result.to_dict()
+
+
+def test_added_segments_box_area_and_rle_at_the_input_size_without_the_full_mask():
+    """with_added describes an added mask at the input size from the working mask: the same box, area and
+    RLE as the mask resized by nearest_resize, upsized, downsized, odd shapes and empty masks included."""
+    from deop import rle
+    from deop.images import nearest_resize
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        h, w = rng.integers(1, 30, 2)
+        size = tuple(int(v) for v in rng.integers(1, 90, 2))
+        mask = np.zeros((h, w), bool)
+        if rng.random() < 0.9:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            mask[y0:y0 + rng.integers(1, h + 1), x0:x0 + rng.integers(1, w + 1)] = True
+            mask &= rng.random((h, w)) < rng.random()
+        full = nearest_resize(mask, size)
+        ys, xs = np.nonzero(full)
+        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else [0, 0, 0, 0]
+        one = mask.astype(np.int32) - 1
+        assert explore.resized_box(mask, size) == box
+        assert int(rle.area_resized(one, 1, size)[0]) == int(full.sum())
+        assert rle.encode_segments_resized(one, 1, size)[0] == rle.encode(full)
