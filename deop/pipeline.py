@@ -97,7 +97,7 @@ class Segmenter:
     @property
     def precision_choice(self) -> Any:
         """``deop.precision.Choice``; ``auto`` measures once per device and pair of models (at load)."""
-        from .precision import Choice, calibrate
+        from .precision import SAM_SIZE, Choice, calibrate
 
         c = self.config
         if c.trained:  # its modules are not under the precision setting: it runs as released, in float32
@@ -107,7 +107,9 @@ class Segmenter:
         pretrained = None if c.random_weights else c.clip_pretrained
 
         def measure() -> Choice:
-            proposer = self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download)
+            # at the fast preset's input: the model its requests use, built once and kept in the cache
+            proposer = self.models.proposer(c.sam_kind, self.device, c.random_weights, c.checkpoint_dir, c.download,
+                                            input_size=SAM_SIZE)
             return calibrate(self.models.clip(c.clip_model, pretrained, self.device), proposer, self.device)
 
         return self.models.get(("precision", str(self.device), c.clip_model, pretrained, c.sam_kind), measure)

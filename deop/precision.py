@@ -33,6 +33,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # a lower precision must be at least this much faster than float32 to be chosen: within noise, exact wins
 MARGIN = 0.9
 ROUNDS = 2  # timed runs of each format, alternating
+# the proposal model's input when auto measures it: the fast preset's (MobileSAM's is fixed at 1024)
+SAM_SIZE = 448
 
 
 @dataclass(frozen=True)
@@ -143,19 +145,17 @@ def timed(device: torch.device | str, precision: str, runs: Sequence[Callable[[]
 
 
 def calibrate(clip: Any, proposer: Any, device: torch.device | str, candidates: Sequence[str] | None = None,
-              clip_size: int = 224, sam_size: int = 448) -> Choice:
+              clip_size: int = 224) -> Choice:
     """``auto``'s choice for these two models (float32 ones): one dense CLIP pass at `clip_size` and one
-    pass of the proposal model's image encoder at `sam_size` (or the size it is fixed at), timed per format."""
+    pass of the proposal model's image encoder at the size it runs at (``Segmenter`` passes it at
+    ``SAM_SIZE``), timed per format."""
     import torch
 
     from .clip.dense import encode_dense
 
     pixels = torch.zeros(1, 3, clip_size, clip_size, device=clip.device)
-    encoder = proposer.model.image_encoder
-    size = proposer.spec.input_size_for(sam_size)
+    encoder, size = proposer.model.image_encoder, proposer.input_size
     image = torch.zeros(1, 3, size, size, device=clip.device)
-    if hasattr(encoder, "img_size") and encoder.img_size != size:  # SAM v1: its encoder at this size
-        encoder = proposer.spec.family.at_input_size(proposer.model, size).image_encoder
     runs = (lambda: encode_dense(clip.model, pixels), lambda: encoder(image))
     warmed: set[str] = set()
 
