@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,44 @@ def test_the_time_outside_the_pipeline_is_split_from_the_apps_record():
     assert app_bench.outside_pipeline({}, 1.0, 2.0) == {}  # an app without /timings
     rows = [AppRecord("first", "a.jpg", "x", "both", 4.0, 3.0, [], 5, {}, 1.5, server, out)]
     assert "outside the pipeline (median s): decode 0.020" in format_summary(summarise(rows))
+
+
+def test_the_page_bench_refuses_what_it_cannot_do(capsys, tmp_path):
+    """--browser sends the page's own widgets: --masks can only set them as a launched app's flags."""
+    assert app_bench.app_flags(app_bench.many_masks(30)) == [
+        "--pred-iou-thresh", "0.0", "--stability-score-thresh", "0.0", "--box-nms-thresh", "1.0", "--max-masks", "30"]
+    args = ["bench-app", "--browser", "--url", "http://127.0.0.1:9/", "--images", "assets/shapes.png", "--classes", "x"]
+    assert main([*args, "--masks", "30"]) == 2
+    assert "--masks with --browser needs the app launched here" in capsys.readouterr().err
+    assert main([*args, "--chromium", str(tmp_path / "no-chromium")]) == 2
+    assert "no Chromium at" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_page_bench_times_a_visitors_answers_in_chromium(app_url, tmp_path):
+    """bench-app --browser in this app's page: uploading, typing, pressing Segment, then typing one class
+    more, which the page re-runs by itself; each answer timed to its images drawn."""
+    from deop.bench.browser import find_chromium, format_page_summary, measure_page, summarise_page
+
+    try:
+        chromium = find_chromium()
+    except AppBenchError:
+        if os.environ.get("DEOP_REQUIRE_BROWSER"):
+            raise
+        pytest.skip("Chromium is not installed; .ci/run installs it")
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene(seed=35)).save(path)
+    seen = []
+    version, records = measure_page(app_url, [Case(str(path), "sky, grass")], chromium, report=seen.append)
+    assert version and records == seen
+    assert [(r.request, r.image) for r in records] == [("warm-up", "warm-up.png"), ("first", "scene.png"),
+                                                       ("vocabulary change", "scene.png")]
+    _, first, edit = records
+    assert 0 < first.first_s <= first.wall_s and first.files >= 2  # an overlay's base image and a class's mask
+    assert edit.vocabulary.startswith("sky, grass, ")
+    # timed from the request carrying the typed class, which the page sends once typing has paused (0.6 s)
+    assert 0 < edit.first_s <= edit.wall_s and 0.3 < edit.typed_to_sent_s < 5
+    summary = summarise_page(records)
+    assert summary["vocabulary change"]["n"] == 1 and summary["first"]["wall_median_s"] == round(first.wall_s, 3)
+    assert "sent" in format_page_summary(summary)

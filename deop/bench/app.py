@@ -46,6 +46,11 @@ def many_masks(n: int) -> dict[str, float | int]:
     return {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0, "max_masks": n}
 
 
+def app_flags(options: dict[str, float | int]) -> list[str]:
+    """App options (``many_masks``) as the flags that make them app.py's defaults: what a page sends."""
+    return [arg for name, value in options.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
 class AppBenchError(DeopError):
     """The app could not be started or measured; the message says why."""
 
@@ -142,7 +147,6 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    from .measure import synthetic_image
 
     try:
         client = Client(url, verbose=False)
@@ -177,12 +181,8 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     records = []
     used = class_names(WARM_UP_VOCABULARY).union(*(class_names(c.vocabulary) for c in cases))
     if warm_up:
-        from PIL import Image
-
         with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "warm-up.png")
-            Image.fromarray(synthetic_image(512, seed=7)).save(path)
-            records.append(request("warm-up", path, WARM_UP_VOCABULARY))
+            records.append(request("warm-up", warm_up_image(tmp), WARM_UP_VOCABULARY))
     try:
         status = str(client.predict(api_name="/status"))
     except Exception:  # another app, or an older one: the status is a nicety
@@ -191,6 +191,18 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
         records.append(request("first", case.image, case.vocabulary))
         records.append(request("vocabulary change", case.image, changed_vocabulary(case.vocabulary, used)))
     return AppRun(url, status, records)
+
+
+def warm_up_image(folder: str) -> str:
+    """A synthetic image no case has (a first request on one of theirs would find its proposals cached),
+    written in `folder`."""
+    from PIL import Image
+
+    from .measure import synthetic_image
+
+    path = os.path.join(folder, "warm-up.png")
+    Image.fromarray(synthetic_image(512, seed=7)).save(path)
+    return path
 
 
 def _call(client: Any, api_name: str) -> Any:
