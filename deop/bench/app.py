@@ -147,7 +147,6 @@ def measure(url: str, cases: Sequence[Case], method: str = "both", warm_up: bool
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-
     try:
         client = Client(url, verbose=False)
     except Exception as exc:  # connection refused, not a Gradio app, ...: one clear line

@@ -1,5 +1,5 @@
 """``python -m deop bench-app``: the web app's latency as its users wait for it, measured through its API
-(``deop.bench.app`` measures)."""
+(``deop.bench.app``) or, with --browser, in its page in Chromium (``deop.bench.browser``)."""
 
 from __future__ import annotations
 
@@ -119,10 +119,11 @@ def _page(args: argparse.Namespace, url: str, cases: list, options: dict | None)
 
     def report(r: PageRecord) -> None:
         print(f"{r.request:<18} {r.image:<16} first {r.first_s:5.2f} s, complete {r.wall_s:5.2f} s  "
-              f"({r.files} files, {r.bytes} B fetched)", flush=True)
+              f"({r.files} of {r.images} overlay images fetched, {r.bytes} B)", flush=True)
 
-    version, records = measure_page(url, cases, find_chromium(args.chromium), args.method, report=report)
+    version, records = measure_page(url, cases, find_chromium(args.chromium), args.method, report=report,
+                                    timeout=args.startup_timeout)
     summary = summarise_page(records)
     print(format_page_summary(summary))
-    return {"url": url, "client": "browser", "browser": version, "summary": summary,
+    return {"url": url, "driver": "chromium", "browser": version, "summary": summary,
             "records": [asdict(r) for r in records]}
