@@ -29,9 +29,11 @@ RERUN_ON = (("none_threshold", "release"), ("fill_uncovered", "input"), ("templa
 # /rerun empties it itself.
 AFTER_CLICK = "(mode, files) => mode === 'inspect' ? files : null"
 # The vocabulary box's edits, debounced in the browser: a hidden box takes the text 0.6 s after the last
-# keystroke, and its change runs the cached re-run once (Gradio has no debounce of its own). A superseded
-# keystroke gives undefined, which Gradio takes as no new value: it once gave the hidden box's value, which
-# Gradio hands over as null for a box nobody set, so every edit first sent an empty re-run to the queue.
+# change, and its change runs the cached re-run once (Gradio has no debounce of its own). On the box's
+# change, not its input: Gradio 6.31's textbox sends `input` from its key handler only, so a text pasted
+# with the mouse, dropped or filled in by the browser re-ran nothing. A superseded change gives undefined,
+# which Gradio takes as no new value: it once gave the hidden box's value, which Gradio hands over as null
+# for a box nobody set, so every edit first sent an empty re-run to the queue.
 DEBOUNCE = """text => new Promise(resolve => {
   const me = (window.__deop_typing = (window.__deop_typing || 0) + 1);
   setTimeout(() => resolve(me === window.__deop_typing ? text : undefined), 600);
@@ -92,7 +94,7 @@ def table(demo: gr.Blocks, page: Page, server: Server) -> list[Row]:
         # event                        handler                   inputs              outputs       api_name    group
         Row(page.run.click,            segment,                  request,            shown,        "segment",  PIPELINE,
             {"validator": validate}),
-        Row(page.vocabulary.input,     None,                     page.vocabulary,    page.debounced,
+        Row(page.vocabulary.change,    None,                     page.vocabulary,    page.debounced,
             more={"js": DEBOUNCE, "trigger_mode": "multiple", "queue": False}),
         Row(page.debounced.change,     rerun,                    typed,              shown,        "rerun",   PIPELINE),
         *(Row(getattr(page.widgets[name], event), rerun,         request,            shown,        "rerun",    PIPELINE,
