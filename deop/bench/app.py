@@ -239,6 +239,20 @@ def outside_pipeline(server: dict[str, Any], first_s: float, wall_s: float,
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def answer_times(rows: Sequence[Any]) -> dict[str, Any]:
+    """How many answers, the medians of the first and complete ones and the range of the latter: what the
+    API's and the page's summaries share (a record without a first answer came whole)."""
+    wall = [r.wall_s for r in rows]
+    first = [r.first_s if r.first_s is not None else r.wall_s for r in rows]
+    return {"n": len(rows), "wall_median_s": round(statistics.median(wall), 3), "wall_min_s": min(wall),
+            "wall_max_s": max(wall), "first_median_s": round(statistics.median(first), 3)}
+
+
+def wall_spread(summary: dict[str, Any]) -> str:
+    """An ``answer_times`` complete answer as the tables print it: median (min-max)."""
+    return f"{summary['wall_median_s']:.2f} s ({summary['wall_min_s']:.2f}-{summary['wall_max_s']:.2f})"
+
+
 def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
     """Per kind of request: how many; the median, min and max of wall seconds; the median of pipeline
     seconds and of each stage's, and of the segment count."""
@@ -246,17 +260,13 @@ def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
     for kind in REQUESTS:
         rows = [r for r in records if r.request == kind]
         if rows:
-            wall, pipe = [r.wall_s for r in rows], [r.pipeline_s for r in rows]
+            pipe = [r.pipeline_s for r in rows]
             stages = {k: round(statistics.median(r.stages.get(k, 0.0) for r in rows), 3)
                       for k in dict.fromkeys(k for r in rows for k in r.stages)}
-            first = [r.first_s if r.first_s is not None else r.wall_s for r in rows]
             outside = {k: round(statistics.median(r.outside.get(k, 0.0) for r in rows), 3)
                        for k in dict.fromkeys(k for r in rows for k in r.outside)}  # where the app has /timings
-            out[kind] = {"n": len(rows), "wall_median_s": round(statistics.median(wall), 3),
-                         "wall_min_s": min(wall), "wall_max_s": max(wall),
-                         "first_median_s": round(statistics.median(first), 3),
-                         "pipeline_median_s": round(statistics.median(pipe), 3), "stage_median_s": stages,
-                         "segments_median": statistics.median(r.segments for r in rows)}
+            out[kind] = {**answer_times(rows), "pipeline_median_s": round(statistics.median(pipe), 3),
+                         "stage_median_s": stages, "segments_median": statistics.median(r.segments for r in rows)}
             if outside:
                 out[kind]["outside_median_s"] = outside
     return out
@@ -265,7 +275,7 @@ def summarise(records: Sequence[AppRecord]) -> dict[str, dict[str, Any]]:
 def format_summary(summary: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'request':<18} {'n':>2}  {'first':<7} {'wall: median (min-max)':<26} {'pipeline':<9} stages (median)"]
     for kind, s in summary.items():
-        spread = f"{s['wall_median_s']:.2f} s ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f})"
+        spread = wall_spread(s)
         stages = ", ".join(f"{k.replace('_encoding', '')} {v:.2f}" for k, v in s["stage_median_s"].items())
         lines.append(f"{kind:<18} {s['n']:>2}  {s.get('first_median_s', s['wall_median_s']):<5.2f} s "
                      f"{spread:<26} {s['pipeline_median_s']:<7.2f} s {stages}")

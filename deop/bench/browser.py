@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .app import WARM_UP_VOCABULARY, AppBenchError, Case, changed_vocabulary, class_names, warm_up_image
+from .app import (
+    WARM_UP_VOCABULARY,
+    AppBenchError,
+    Case,
+    answer_times,
+    changed_vocabulary,
+    class_names,
+    wall_spread,
+    warm_up_image,
+)
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # The overlays: what an answer is for (the inspector's image below loads lazily, the chart comes with "Done")
@@ -172,12 +181,13 @@ class _Visit:
         page.get_by_label("Classes").fill(case.vocabulary)
         page.get_by_label(self.method, exact=True).check()
         page.evaluate(WATCH_ANSWER, [True, ANSWER_IMAGES, STATUS_TEXT])
-        return self._record(kind, case.image, case.vocabulary, None)
+        state = self._answer(case.image, case.vocabulary)
+        return self._record(kind, case.image, case.vocabulary, state, state["start"])
 
     def edit(self, case: Case, vocabulary: str) -> PageRecord:
-        """Type the class `vocabulary` adds at the end of the box, key by key without pauses (the page's
-        re-run listens to keystrokes: a pasted or filled text starts none). Should a loaded machine pause
-        over 0.6 s between two keys, the page re-runs a part first: an error, not a figure."""
+        """Type the class `vocabulary` adds at the end of the box, key by key without pauses, as a visitor
+        edits. Should a loaded machine pause over 0.6 s between two keys, the page re-runs a part first: an
+        error, not a figure."""
         box = self.page.get_by_label("Classes")
         box.click()
         box.evaluate("e => e.setSelectionRange(e.value.length, e.value.length)")
@@ -187,8 +197,10 @@ class _Visit:
         if box.input_value() != vocabulary:
             raise AppBenchError(f"the vocabulary box reads {box.input_value()!r}, not {vocabulary!r}")
         typed = self.page.evaluate("() => window.__deop_input")
-        record = self._record("vocabulary change", case.image, vocabulary, self._sent_at)
-        record.typed_to_sent_s = round((self._sent_at() - typed) / 1000, 4)
+        state = self._answer(case.image, vocabulary)
+        sent = self._sent_at()  # known once the answer is: the request leaves after typing pauses
+        record = self._record("vocabulary change", case.image, vocabulary, state, sent)
+        record.typed_to_sent_s = round((sent - typed) / 1000, 4)
         record.reruns = len(self.reruns)
         self.expected = None
         return record
@@ -206,16 +218,18 @@ class _Visit:
         ours[0].response()  # its timing is filled in once the queue has answered
         return ours[0].timing["startTime"] - self.page.evaluate("() => performance.timeOrigin")
 
-    def _record(self, kind: str, image: str, vocabulary: str, sent: Callable[[], float] | None) -> PageRecord:
-        """Wait for the answer; timed from `sent()` (the request's departure), or from the press."""
+    def _answer(self, image: str, vocabulary: str) -> dict[str, Any]:
+        """Wait for the answer ``WATCH_ANSWER`` watches; its record (times on the page's clock)."""
         try:
             self.page.wait_for_function("() => window.__deop_bench.done !== null", timeout=self.timeout_ms)
         except Exception:
             status = self.page.inner_text("#run-status") or "(empty)"
             raise AppBenchError(f"the page did not show an answer for {Path(image).name} with {vocabulary!r} "
                                 f"within {self.timeout_ms / 1000:g} s; its status line: {status}") from None
-        state = self.page.evaluate("() => window.__deop_bench")
-        start = sent() if sent else state["start"]
+        return self.page.evaluate("() => window.__deop_bench")
+
+    def _record(self, kind: str, image: str, vocabulary: str, state: dict[str, Any], start: float) -> PageRecord:
+        """The answer `state` timed from `start`: the press, or the edit's request."""
         files, size = self.page.evaluate(FETCHED, [state["shown"], start])
         first = state["first"] if state["first"] is not None else state["done"]
         return PageRecord(kind, Path(image).name, vocabulary, self.method, round((first - start) / 1000, 4),
@@ -228,10 +242,7 @@ def summarise_page(records: Sequence[PageRecord]) -> dict[str, dict[str, Any]]:
     out = {}
     for kind in dict.fromkeys(r.request for r in records):
         rows = [r for r in records if r.request == kind]
-        wall = [r.wall_s for r in rows]
-        out[kind] = {"n": len(rows), "first_median_s": round(statistics.median(r.first_s for r in rows), 3),
-                     "wall_median_s": round(statistics.median(wall), 3), "wall_min_s": min(wall),
-                     "wall_max_s": max(wall), "images_median": statistics.median(r.images for r in rows),
+        out[kind] = {**answer_times(rows), "images_median": statistics.median(r.images for r in rows),
                      "files_median": statistics.median(r.files for r in rows),
                      "bytes_median": statistics.median(r.bytes for r in rows)}
         typed = [r.typed_to_sent_s for r in rows if r.typed_to_sent_s is not None]
@@ -246,7 +257,7 @@ def format_page_summary(summary: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'request':<18} {'n':>2}  {'first':<7} {'complete: median (min-max)':<28} "
              "overlay images fetched/shown (median, bytes)"]
     for kind, s in summary.items():
-        spread = f"{s['wall_median_s']:.2f} s ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f})"
+        spread = wall_spread(s)
         typed = (f"; sent {s['typed_to_sent_median_s']:.2f} s after the last input, {s['reruns_median']:g} request(s)"
                  if "typed_to_sent_median_s" in s else "")
         lines.append(f"{kind:<18} {s['n']:>2}  {s['first_median_s']:<5.2f} s {spread:<28} "
