@@ -9,6 +9,7 @@ float32's to the format's precision. ``auto``'s choice is tested with a faked pr
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +21,7 @@ from conftest import SMALL_CONFIG, scene
 from deop import Segmenter, precision
 from deop.arguments import config_from_args
 from deop.classify import dense_features
+from deop.clip.attention import CpuAutocastAttention, blocked_attention, fast_cpu_attention
 
 
 @pytest.fixture(scope="module")
@@ -56,33 +58,66 @@ def test_bfloat16_sam_embedding_within_2_percent(segmenter, bf16):
     assert ((low - full).norm() / full.norm()).item() < 0.02
 
 
-def test_cpu_autocast_hands_attention_a_contiguous_sequence_first_input(segmenter, monkeypatch):
-    """Under CPU bfloat16 autocast a batch-first attention's in-projection must see a contiguous [L, N, E]
-    input (on a transposed view torch's bfloat16 linear copies its weight per position: 4x slower crops);
-    at float32 its input is stock's own view, untouched."""
+def test_blocked_attention_is_attention_whatever_the_blocks():
+    """Every block shape (rows with an uneven tail, several groups per block, one score per block) gives
+    softmax(q k^T / sqrt(d)) v: a row or a group left out or counted twice fails."""
+    q, k, v = (torch.randn(5, 37, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    for scores in (1, 5 * 37, 36 * 37, 37 * 37, 2 * 37 * 37, 10**6):
+        torch.testing.assert_close(blocked_attention(q, k, v, scores), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_swapped_attention_is_stock_at_float32_and_close_in_bfloat16():
+    stock = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    ours = copy.deepcopy(stock)
+    assert fast_cpu_attention(torch.nn.Sequential(ours)) == 1 and isinstance(ours, CpuAutocastAttention)
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    x = torch.randn(3, 50, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ours(x, x, x, need_weights=False)[0], stock(x, x, x, need_weights=False)[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, _ = ours(x, x, x, need_weights=False)
+            reference, _ = stock(x, x, x, need_weights=False)
+    assert low.dtype == reference.dtype == torch.bfloat16
+    assert F.cosine_similarity(low.float(), reference.float(), dim=-1).min() >= 0.999
+
+
+def test_clip_attention_under_cpu_bfloat16(segmenter, monkeypatch):
+    """Under CPU bfloat16 autocast the image tower's attention runs in blocks (``deop.clip.attention``) and
+    the text tower's masked attention is stock's, handed a contiguous sequence-first input (on a transposed
+    view torch's bfloat16 linear copies its weight per position: 4x slower); at float32 both are stock's."""
     from torch.nn.modules import activation
 
-    seen: list[bool] = []
-    stock = activation.F.multi_head_attention_forward
+    from deop.clip import attention
 
-    def spy(query, *args, **kwargs):
-        seen.append(query.is_contiguous())
+    blocked, stock_inputs = [], []
+    stock, ours = activation.F.multi_head_attention_forward, attention.blocked_attention
+
+    def spy_stock(query, *args, **kwargs):
+        stock_inputs.append(query.is_contiguous())
         return stock(query, *args, **kwargs)
 
-    monkeypatch.setattr(activation.F, "multi_head_attention_forward", spy)
-    attention = [m for m in segmenter.clip.model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    hooks = [h for m in attention for h in m._forward_pre_hooks.values()]
-    assert attention and len(hooks) == len(attention)
-    x = torch.rand(2, 5, attention[0].embed_dim)
-    assert hooks[0](attention[0], (x, x, x), {}) is None  # float32: stock's input, untouched
+    def spy_blocked(q, *args, **kwargs):
+        blocked.append(q.shape)
+        return ours(q, *args, **kwargs)
+
+    monkeypatch.setattr(activation.F, "multi_head_attention_forward", spy_stock)
+    monkeypatch.setattr(attention, "blocked_attention", spy_blocked)
+    model = segmenter.clip.model
+    image_blocks = len(model.visual.transformer.resblocks)
     crops = torch.rand(3, 3, segmenter.clip.image_size, segmenter.clip.image_size)
+    text = segmenter.clip.tokenizer(["a photo of a cat", "a dog"])
     with torch.inference_mode():
-        full = segmenter.clip.model.encode_image(crops)
-        seen.clear()
+        full = model.encode_image(crops)
+        model.encode_text(text)
+        assert not blocked and stock_inputs  # (the image tower may take torch's fused fast path here)
+        stock_inputs.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = segmenter.clip.model.encode_image(crops)
-            one = segmenter.clip.model.encode_image(crops[:1])
-    assert seen and all(seen)
+            low = model.encode_image(crops)
+            one = model.encode_image(crops[:1])
+            assert len(blocked) == 2 * image_blocks and not stock_inputs
+            model.encode_text(text)
+    assert len(stock_inputs) == len(model.transformer.resblocks) and all(stock_inputs)
     assert F.cosine_similarity(full, low.float()).min() >= 0.99
     assert F.cosine_similarity(low[:1].float(), one.float()).item() >= 0.999  # batched as one at a time
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import OptionError
 from ..weights import clip_weights_error, seeded_init
+from .attention import fast_cpu_attention
 
 
 @dataclass
@@ -56,38 +57,10 @@ def build_clip(name: str, pretrained: str | None, device: torch.device) -> ClipM
                 raise
             raise clip_weights_error(name, pretrained, exc) from exc
     model.eval().requires_grad_(False)
-    contiguous_attention_inputs(model)
+    fast_cpu_attention(model)
     visual = model.visual
     size = visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN)
     std = tuple(getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
     return ClipModel(model, open_clip.get_tokenizer(name), name, pretrained, device, size, mean, std)
-
-
-def _seq_first_contiguous(t: Any) -> Any:
-    """The same values laid out so that ``t.transpose(0, 1)`` is contiguous."""
-    return t.transpose(0, 1).contiguous().transpose(0, 1) if torch.is_tensor(t) and t.dim() == 3 else t
-
-
-def _contiguous_under_cpu_autocast(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    first = args[0] if args else kwargs.get("query")
-    if not (torch.is_tensor(first) and first.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
-        return None  # float32 (or another device): stock's computation, untouched
-    return tuple(_seq_first_contiguous(a) for a in args), {k: _seq_first_contiguous(v) for k, v in kwargs.items()}
-
-
-def contiguous_attention_inputs(model: nn.Module) -> int:
-    """Makes bfloat16 batches as cheap per image as one image, on the CPU; returns the modules hooked.
-
-    A batch-first ``nn.MultiheadAttention`` transposes its input to a non-contiguous [L, N, E] view before
-    its input projection. Under CPU autocast to bfloat16, torch 2.14's linear on that view expands the
-    weight once per sequence position and runs a batched product (a 197 x 768 x 2304 copy per block): 22
-    crops of ViT-B/16 took 6.3 s where one crop took 0.07 s (float32: 5.3 s), so the crop baseline looked
-    four times slower than it is. Handing the module the same values laid out so that its transpose is
-    contiguous took the 22 crops to 1.6 s. Only while CPU autocast is on: float32 stays stock's computation.
-    """
-    modules = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.batch_first]
-    for m in modules:
-        m.register_forward_pre_hook(_contiguous_under_cpu_autocast, with_kwargs=True)
-    return len(modules)
