@@ -2,10 +2,11 @@
 
 Both models run under ``torch.autocast`` rather than with their weights cast: matrix products and
 convolutions take the lower precision, while layer norms, softmaxes and the pipeline around them stay
-float32. On this project's CPU (AVX-512 BF16) that made CLIP's dense pass 3-4x cheaper where casting the
-weights made it 1.5x cheaper (its layer norms then run in bfloat16, slowly), with the same agreement
-(per-patch cosine 0.9999 to float32). The weights stay float32 and shared, so a float32 segmenter beside
-a bfloat16 one costs no second copy, and float32 is the untouched stock computation.
+float32 (but for CLIP's blocked attention on a CPU, ``deop.clip.attention``). On this project's CPU
+(AVX-512 BF16) that made CLIP's dense pass 3-4x cheaper where casting the weights made it 1.5x cheaper
+(its layer norms then run in bfloat16, slowly), with the same agreement (per-patch cosine 0.9999 to
+float32). The weights stay float32 and shared, so a float32 segmenter beside a bfloat16 one costs no
+second copy, and float32 is the untouched stock computation.
 
 ``auto`` picks, once per device and models, what is measured faster among the formats the device
 supports: on a CPU bfloat16 only where the processor has native bfloat16 instructions (AVX-512 BF16 or
