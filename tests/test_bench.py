@@ -188,3 +188,41 @@ def test_click_and_variant_costs_are_measured(segmenter):
                                options=forced_options(segmenter, 5)).methods["one-pass"]
     assert all(r["forced_masks"] == 5 and r["n_masks"] == len(forced.segments) for r in variants[:-1])
     assert all(r["seconds_median"] > 0 for r in variants) and "dense pass reused" in format_table(variants)
+
+
+def test_precisions_are_timed_in_turn(segmenter, monkeypatch):
+    """Each round runs every precision's one pass and crops once, in the same order, after the warm-up
+    round: their ratios are compared from calls side by side, never from two stretches of the run."""
+    from deop.bench import measure
+
+    seen = []
+
+    def spy(stock, method):
+        return lambda clip, *args: seen.append((clip.precision, method)) or stock(clip, *args)
+
+    monkeypatch.setattr(measure, "dense_features", spy(measure.dense_features, "one"))
+    monkeypatch.setattr(measure, "encode_crops", spy(measure.encode_crops, "crop"))
+    steps = []
+    records = Bench(segmenter, repeats=2, warmup=1, advance=steps.append).classification_in_turn(
+        [64], [2], ("float32", "bfloat16"), n_classes=3)
+    assert seen == [("float32", "one"), ("float32", "crop"), ("bfloat16", "one"), ("bfloat16", "crop")] * 3
+    assert [(r.precision, r.method, r.n_masks, r.repeats) for r in records] == [
+        ("float32", "one-pass", 2, 2), ("float32", "crop", 2, 2), ("bfloat16", "one-pass", 2, 2),
+        ("bfloat16", "crop", 2, 2)]
+    assert len(steps) == 1 and all(r.params["in_turn"] for r in records)
+    table = format_table([r.to_dict() for r in records])
+    for one, crop in (records[:2], records[2:]):
+        assert f"{one.precision} 64px N=2: {crop.seconds_median / one.seconds_median:.1f}x" in table
+
+
+def test_precisions_flag():
+    import argparse
+
+    from deop.commands.bench import add_parser, plan, steps
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    p = plan(parser.parse_args(["bench", "--precisions", "float32,bfloat16,float32", "--sizes", "448,672"]))
+    assert p["precisions"] == ("float32", "bfloat16") and steps(p) == 2 * len(p["n_masks"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--precisions", "float32,bf16"])

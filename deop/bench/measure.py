@@ -170,7 +170,7 @@ class Bench:
     advance: Callable[[str], None] = lambda desc: None
 
     def record(self, kind: str, method: str, n: int | None, size: int | None, times: Sequence[float],
-               **params: Any) -> BenchRecord:
+               precision: str | None = None, **params: Any) -> BenchRecord:
         c = self.segmenter.config
         rss, cuda = peak_memory(self.segmenter.device)
         t = np.asarray(times, dtype=np.float64)
@@ -180,16 +180,35 @@ class Bench:
                            torch_threads=torch.get_num_threads(), clip_model=c.clip_model, sam_model=c.sam_kind,
                            random_weights=c.random_weights, peak_rss_mb=round(rss, 1),
                            cuda_peak_mb=None if cuda is None else round(cuda, 1), params=params,
-                           precision=self.segmenter.precision)
+                           precision=precision or self.segmenter.precision)
+
+    def _text(self, clip: Any, n_classes: int) -> torch.Tensor:
+        opts = self.segmenter.config.options
+        return self.segmenter.text_cache.vocabulary(clip, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]),
+                                                    opts.templates)
+
+    def _classify_call(self, clip: Any, text: torch.Tensor, method: str, image: np.ndarray, size: int,
+                       props: Proposals) -> Callable[[], None]:
+        """One classification of `props` by `method`, what a timed call runs: the one pass (dense encoding at
+        clip_size = image size, pooling, softmax) or the crop baseline (batched encode_crops, softmax)."""
+        opts = self.segmenter.config.options
+
+        def run() -> None:
+            if method == "one-pass":
+                feats = dense_features(clip, image, size, opts.severance, opts.n_severed)
+                probabilities(pool_segments(feats, props), text, opts.logit_scale)
+            else:
+                probabilities(encode_crops(clip, image, props, opts.crop_margin, opts.crop_batch_size), text,
+                              opts.logit_scale)
+
+        return run
 
     def classification(self, sizes: Sequence[int], n_masks: Sequence[int], n_classes: int = 20,
                        crop_n_masks: Sequence[int] | None = None) -> list[BenchRecord]:
-        """One-pass (dense encoding at clip_size = image size, pooling, softmax) against the crop baseline
-        (batched encode_crops, softmax) on the same masks and text. Warm-up once per method and size."""
+        """One-pass against the crop baseline on the same masks and text. Warm-up once per method and size."""
         seg = self.segmenter
         clip, opts = seg.clip, seg.config.options
-        text = seg.text_cache.vocabulary(clip, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]),
-                                         opts.templates)
+        text = self._text(clip, n_classes)
         crop_ns = n_masks if crop_n_masks is None else crop_n_masks
         out = []
         for size in sizes:
@@ -197,20 +216,40 @@ class Bench:
             for method in ("one-pass", "crop"):
                 for i, n in enumerate(n for n in n_masks if method == "one-pass" or n in crop_ns):
                     props = synthetic_proposals(image.shape[:2], n, seed=n)
-
-                    def run(props: Proposals = props, method: str = method, size: int = size,
-                            image: np.ndarray = image) -> None:
-                        if method == "one-pass":
-                            feats = dense_features(clip, image, size, opts.severance, opts.n_severed)
-                            probabilities(pool_segments(feats, props), text, opts.logit_scale)
-                        else:
-                            emb = encode_crops(clip, image, props, opts.crop_margin, opts.crop_batch_size)
-                            probabilities(emb, text, opts.logit_scale)
-
+                    run = self._classify_call(clip, text, method, image, size, props)
                     times = time_calls(run, self.repeats, self.warmup if i == 0 else 0, seg.device)
                     out.append(self.record("classify", method, len(props), size, times, n_classes=n_classes,
                                            clip_size=size, crop_batch_size=opts.crop_batch_size))
                     self.advance(f"classify {method} {size}px N={n}")
+        return out
+
+    def classification_in_turn(self, sizes: Sequence[int], n_masks: Sequence[int], precisions: Sequence[str],
+                               n_classes: int = 20) -> list[BenchRecord]:
+        """The classification stage at several precisions, their calls taken in turn (each round runs every
+        precision's one pass and crops once) in one process on the same weights, image and masks: the
+        one-pass/crop ratios of two precisions differ by a few per cent, less than this machine drifts
+        between two runs of the bench, so only calls side by side can compare them."""
+        seg = self.segmenter
+        clips = {p: replace(seg.clip, precision=p) for p in precisions}
+        texts = {p: self._text(clip, n_classes) for p, clip in clips.items()}
+        out = []
+        for size in sizes:
+            image = synthetic_image(size)
+            for n in n_masks:
+                props = synthetic_proposals(image.shape[:2], n, seed=n)
+                calls = {(p, m): self._classify_call(clips[p], texts[p], m, image, size, props)
+                         for p in precisions for m in ("one-pass", "crop")}
+                times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+                for round_ in range(self.warmup + self.repeats):
+                    for key, call in calls.items():
+                        seconds = time_calls(call, 1, 0, seg.device)
+                        if round_ >= self.warmup:
+                            times[key] += seconds
+                for (p, method), t in times.items():
+                    out.append(self.record("classify", method, n, size, t, precision=p, n_classes=n_classes,
+                                           clip_size=size, crop_batch_size=seg.config.options.crop_batch_size,
+                                           in_turn=True))
+                self.advance(f"classify in turn {size}px N={n}")
         return out
 
     def requery(self, class_counts: Sequence[int] = (20, 150), templates: str | None = None) -> list[BenchRecord]:
@@ -441,6 +480,10 @@ def run_bench(bench: Bench, p: dict[str, Any]) -> list[dict]:
     if p.get("only_proposals"):
         records = [*bench.proposals_at_counts(**p["proposal_counts"]), bench.memory([])]
         flat = [r.to_dict() for r in records]
+        return flat + [targets_record(evaluate_targets(flat), flat[0])]
+    if p.get("precisions"):
+        records = bench.classification_in_turn(p["sizes"], p["n_masks"], p["precisions"])
+        flat = [r.to_dict() for r in [*records, bench.memory(records)]]
         return flat + [targets_record(evaluate_targets(flat), flat[0])]
     records = bench.classification(p["sizes"], p["n_masks"], crop_n_masks=p["crop_n_masks"])
     if p["e2e"]:

@@ -135,11 +135,14 @@ def format_table(records: Sequence[dict]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     speedups = []
+    several = len({r.get("precision") for r in records if r["kind"] == "classify"}) > 1
     for r in records:
         if r["kind"] == "classify" and r["method"] == "one-pass":
-            crop = _median(records, kind="classify", method="crop", image_size=r["image_size"], n_masks=r["n_masks"])
+            crop = _median(records, kind="classify", method="crop", image_size=r["image_size"], n_masks=r["n_masks"],
+                           precision=r.get("precision"))
             if crop:
-                speedups.append(f"{r['image_size']}px N={r['n_masks']}: {crop / r['seconds_median']:.1f}x")
+                label = f"{r['precision']} " if several else ""
+                speedups.append(f"{label}{r['image_size']}px N={r['n_masks']}: {crop / r['seconds_median']:.1f}x")
     if speedups:
         lines.append("one-pass speed-up over crops: " + "; ".join(speedups))
     return "\n".join(lines)

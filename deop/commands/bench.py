@@ -22,6 +22,17 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def _precisions(text: str) -> tuple[str, ...]:
+    from ..precision import PRECISIONS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    wrong = [n for n in names if n not in PRECISIONS[1:]]
+    if wrong or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(wrong) or 'nothing'} given; choose among "
+                                         f"{', '.join(PRECISIONS[1:])}, comma-separated")
+    return tuple(dict.fromkeys(names))
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time one-pass vs crop classification, re-query, end to end and memory; with "
                        "--model deop-trained, the trained model against crops on 100 proposals at short side 512")
@@ -44,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"--quick {MASK_COUNTS[0]},{MASK_COUNTS[-1]})")
     p.add_argument("--only-proposals", action="store_true",
                    help="only the generators' comparison, fast preset (e.g. --precision float32 against auto)")
+    p.add_argument("--precisions", type=_precisions, default=None,
+                   help="only the classification stage, at these precisions side by side (e.g. float32,bfloat16): "
+                        "their calls taken in turn in one process, so that their one-pass/crop ratios compare "
+                        "(two bench runs differ by more than the ratios do)")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write the latency plot (PNG) here")
     add_model_arguments(p)
@@ -74,6 +89,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "targets": getattr(args, "proposal_masks", None) or ((MASK_COUNTS[0], MASK_COUNTS[-1]) if quick
                                                                  else MASK_COUNTS)},
         "only_proposals": getattr(args, "only_proposals", False),
+        "precisions": getattr(args, "precisions", None),
         "candidates": () if args.skip_e2e or quick else _candidates(),
         # the research tools' costs: a click that adds a segment (SAM at the fast preset's input, MobileSAM),
         # and the severance variants side by side
@@ -109,6 +125,8 @@ def _backends(flag: str | None, quick: bool, main: str) -> tuple[str, ...]:
 def steps(p: dict[str, Any]) -> int:
     if p.get("only_proposals"):
         return len((p.get("proposal_counts") or {"targets": ()})["targets"])
+    if p.get("precisions"):
+        return len(p["sizes"]) * len(p["n_masks"])
     crops = p["crop_n_masks"] if p["crop_n_masks"] is not None else p["n_masks"]
     counts = p.get("proposal_counts") or {"presets": (), "targets": ()}
     return ((len(p["n_masks"]) + len(crops)) * len(p["sizes"]) + len(p["e2e"]) * len(p["e2e_methods"]) + 4
