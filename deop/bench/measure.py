@@ -239,18 +239,23 @@ class Bench:
                 props = synthetic_proposals(image.shape[:2], n, seed=n)
                 calls = {(p, m): self._classify_call(clips[p], texts[p], m, image, size, props)
                          for p in precisions for m in ("one-pass", "crop")}
-                times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-                for round_ in range(self.warmup + self.repeats):
-                    for key, call in calls.items():
-                        seconds = time_calls(call, 1, 0, seg.device)
-                        if round_ >= self.warmup:
-                            times[key] += seconds
-                for (p, method), t in times.items():
+                for (p, method), t in self._in_turn(calls).items():
                     out.append(self.record("classify", method, n, size, t, precision=p, n_classes=n_classes,
                                            clip_size=size, crop_batch_size=seg.config.options.crop_batch_size,
                                            in_turn=True))
                 self.advance(f"classify in turn {size}px N={n}")
         return out
+
+    def _in_turn(self, calls: dict[Any, Callable[[], None]]) -> dict[Any, list[float]]:
+        """Seconds of each call over ``repeats`` rounds that run every call once, in order, after
+        ``warmup`` such rounds."""
+        times: dict[Any, list[float]] = {key: [] for key in calls}
+        for round_ in range(self.warmup + self.repeats):
+            for key, call in calls.items():
+                seconds = time_calls(call, 1, 0, self.segmenter.device)
+                if round_ >= self.warmup:
+                    times[key] += seconds
+        return times
 
     def requery(self, class_counts: Sequence[int] = (20, 150), templates: str | None = None) -> list[BenchRecord]:
         """A new vocabulary or threshold on an image whose proposals and features are cached.
