@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import OptionError
 from ..weights import clip_weights_error, seeded_init
 from .attention import fast_cpu_attention
+from .casts import cast_once
 
 
 @dataclass
@@ -58,6 +59,7 @@ def build_clip(name: str, pretrained: str | None, device: torch.device) -> ClipM
             raise clip_weights_error(name, pretrained, exc) from exc
     model.eval().requires_grad_(False)
     fast_cpu_attention(model)
+    cast_once(model.visual)  # the image tower runs per image and per batch of crops; the text tower rarely
     visual = model.visual
     size = visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
