@@ -129,13 +129,27 @@ def crop_pixels(image: torch.Tensor, segment_map: torch.Tensor, index: int, box:
     return crop
 
 
+# Crops per batch where the option says 0. On a CPU 8 crops of 224 px took 16-18 % less time than 32 at 25
+# and 50 crops, in float32 and bfloat16 alike (2-core development machine, 32 MB L3): a batch's activations
+# then stay in cache, and 1576 tokens still fill a matrix product. A GPU wants large batches.
+CROP_BATCH = {"cpu": 8}
+GPU_CROP_BATCH = 32
+
+
+def crop_batch_size(requested: int, device: torch.device) -> int:
+    """The crops per batch for the option's value `requested` (0: by device)."""
+    return requested or CROP_BATCH.get(device.type, GPU_CROP_BATCH)
+
+
 def encode_crops(clip: ClipModel, image: np.ndarray, proposals: Proposals, margin: float = 0.1,
-                 batch_size: int = 32, deadline: Deadline | None = None) -> torch.Tensor:
+                 batch_size: int = 0, deadline: Deadline | None = None) -> torch.Tensor:
     """The crop baseline: [N, D] normalised ``encode_image`` embeddings, one CLIP input per segment.
 
-    Made as fast as it fairly can be (crops built on the model's device, batched, inference mode, the
-    precision of the one pass) so that the one-pass speed-up is measured against a strong baseline.
+    Made as fast as it fairly can be (crops built on the model's device, batched at the size that suits
+    the device, inference mode, the precision of the one pass) so that the one-pass speed-up is measured
+    against a strong baseline.
     """
+    batch_size = crop_batch_size(batch_size, clip.device)
     n = len(proposals)
     if n == 0:
         return torch.zeros((0, clip.model.visual.output_dim), device=clip.device)

@@ -297,7 +297,9 @@ class SegmentOptions:
     crop_margin: float = option(
         0.1, "the crop baseline enlarges each mask's box by this fraction on every side", minimum=0.0,
         stage="crops")
-    crop_batch_size: int = option(32, "crops per CLIP encode_image batch", minimum=1, stage="crops")
+    crop_batch_size: int = option(
+        0, "crops per CLIP encode_image batch; 0 picks by device: 8 on a CPU (a batch's activations then stay in "
+        "cache), 32 on a GPU", minimum=0, stage="crops")
     logit_scale: float = option(100.0, "CLIP's temperature for the softmax over classes", minimum=1e-6,
                                 stage="labels")
     proposals: ProposalConfig = field(default_factory=ProposalConfig)

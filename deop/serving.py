@@ -332,7 +332,7 @@ def calibrate(segmenter: Any, options: Any) -> UnitCosts:
     from dataclasses import replace
 
     from .bench.measure import synthetic_image
-    from .classify import dense_features, encode_crops
+    from .classify import crop_batch_size, dense_features, encode_crops
     from .clip.text import TextEmbeddingCache
     from .proposers import resolve_overlaps
 
@@ -359,5 +359,6 @@ def calibrate(segmenter: Any, options: Any) -> UnitCosts:
                                    np.roll(quarter, image.shape[0] // 2, axis=0), ~quarter])
     crops = timed(lambda: encode_crops(clip, image, four_crops, batch_size=4))
     text = timed(lambda: TextEmbeddingCache().names(clip, ["calibration"], options.templates))
+    crop_batch = crop_batch_size(options.crop_batch_size, clip.device)
     return UnitCosts(cfg.sam_input_size, max(one - per_batch, 1e-4), per_batch, batch, clip_448,
-                     crops / 4 * options.crop_batch_size, options.crop_batch_size, text)
+                     crops / 4 * crop_batch, crop_batch, text)

@@ -10,6 +10,7 @@ from PIL import Image
 from deop.classify import (
     cell_counts,
     clip_grid,
+    crop_batch_size,
     crop_boxes,
     dense_features,
     dense_labels,
@@ -54,6 +55,25 @@ def test_crop_batches_give_the_same_embeddings(clip):
     props = resolve_overlaps(masks)
     torch.testing.assert_close(encode_crops(clip, image, props, batch_size=2),
                                encode_crops(clip, image, props, batch_size=32), atol=1e-5, rtol=0)
+
+
+def test_crop_batches_by_device_unless_asked(clip, monkeypatch):
+    """0 (the option's default) is 8 crops a batch on a CPU, 32 on a GPU; any other value is taken as is,
+    and encode_crops batches by it."""
+    assert crop_batch_size(0, torch.device("cpu")) == 8
+    assert crop_batch_size(0, torch.device("cuda")) == crop_batch_size(0, torch.device("mps")) == 32
+    assert crop_batch_size(3, torch.device("cpu")) == crop_batch_size(3, torch.device("cuda")) == 3
+    image = np.random.default_rng(3).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    props = resolve_overlaps([np.eye(64, k=k, dtype=bool) | np.eye(64, k=k + 1, dtype=bool) for k in range(0, 40, 2)])
+    batches = []
+    encode = clip.model.encode_image
+    monkeypatch.setattr(clip.model, "encode_image", lambda x: batches.append(len(x)) or encode(x))
+    for requested in (0, 6):
+        batches.clear()
+        encode_crops(clip, image, props, batch_size=requested)
+        size = crop_batch_size(requested, clip.device)
+        assert batches == [size] * (len(props) // size) + [len(props) % size] * bool(len(props) % size)
+    assert len(props) == 20 and len(batches) == 4
 
 
 def test_crop_boxes_grow_by_the_margin_and_stay_inside():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..cache import TimedValue
-from ..classify import dense_features, encode_crops, pool_segments, probabilities
+from ..classify import crop_batch_size, dense_features, encode_crops, pool_segments, probabilities
 from ..clip.text import TextEmbeddingCache
 from ..config import PROPOSAL_PRESETS, SegmenterConfig
 from ..images import nearest_indices
@@ -182,6 +182,9 @@ class Bench:
                            cuda_peak_mb=None if cuda is None else round(cuda, 1), params=params,
                            precision=precision or self.segmenter.precision)
 
+    def _crop_batch(self) -> int:
+        return crop_batch_size(self.segmenter.config.options.crop_batch_size, self.segmenter.device)
+
     def _text(self, clip: Any, n_classes: int) -> torch.Tensor:
         opts = self.segmenter.config.options
         return self.segmenter.text_cache.vocabulary(clip, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]),
@@ -207,7 +210,7 @@ class Bench:
                        crop_n_masks: Sequence[int] | None = None) -> list[BenchRecord]:
         """One-pass against the crop baseline on the same masks and text. Warm-up once per method and size."""
         seg = self.segmenter
-        clip, opts = seg.clip, seg.config.options
+        clip = seg.clip
         text = self._text(clip, n_classes)
         crop_ns = n_masks if crop_n_masks is None else crop_n_masks
         out = []
@@ -219,7 +222,7 @@ class Bench:
                     run = self._classify_call(clip, text, method, image, size, props)
                     times = time_calls(run, self.repeats, self.warmup if i == 0 else 0, seg.device)
                     out.append(self.record("classify", method, len(props), size, times, n_classes=n_classes,
-                                           clip_size=size, crop_batch_size=opts.crop_batch_size))
+                                           clip_size=size, crop_batch_size=self._crop_batch()))
                     self.advance(f"classify {method} {size}px N={n}")
         return out
 
@@ -241,8 +244,7 @@ class Bench:
                          for p in precisions for m in ("one-pass", "crop")}
                 for (p, method), t in self._in_turn(calls).items():
                     out.append(self.record("classify", method, n, size, t, precision=p, n_classes=n_classes,
-                                           clip_size=size, crop_batch_size=seg.config.options.crop_batch_size,
-                                           in_turn=True))
+                                           clip_size=size, crop_batch_size=self._crop_batch(), in_turn=True))
                 self.advance(f"classify in turn {size}px N={n}")
         return out
 
