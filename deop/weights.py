@@ -225,6 +225,9 @@ class HubCheckpoint:
 
     repo_id: str
     filename: str
+    # the SHA-256 the Hub declares for the file, for the checkpoint README; a download is checked against
+    # the name the Hub gives its cached blob (``_verify_hub_blob``)
+    sha256: str = ""
 
     @property
     def url(self) -> str:
@@ -291,15 +294,16 @@ def load_into(model, path: Path, title: str, key: str | None = None) -> None:
 # Each checkpoint file's size in bytes and SHA-256: SAM's and MobileSAM's as their ``Checkpoint`` pins it (a
 # test checks they agree); SAM 2.1's as the Hugging Face Hub declares it (its LFS object id, the same bytes as
 # Meta's own download). ``checkpoints/README.md`` is generated from these and the proposal models' registry.
-FILES: dict[str, tuple[int, str]] = {
-    "sam_vit_b_01ec64.pth": (375_042_383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    "sam_vit_l_0b3195.pth": (1_249_524_607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    "sam_vit_h_4b8939.pth": (2_564_550_879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
-    "mobile_sam.pt": (40_728_226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"),
-    "sam2.1_hiera_tiny.pt": (156_008_466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
-    "sam2.1_hiera_small.pt": (184_416_285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
-    "sam2.1_hiera_base_plus.pt": (323_606_802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
-    "sam2.1_hiera_large.pt": (898_083_611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+# bytes of each checkpoint file, for the checkpoint README (their SHA-256 are beside their builders)
+SIZES: dict[str, int] = {
+    "sam_vit_b_01ec64.pth": 375_042_383,
+    "sam_vit_l_0b3195.pth": 1_249_524_607,
+    "sam_vit_h_4b8939.pth": 2_564_550_879,
+    "mobile_sam.pt": 40_728_226,
+    "sam2.1_hiera_tiny.pt": 156_008_466,
+    "sam2.1_hiera_small.pt": 184_416_285,
+    "sam2.1_hiera_base_plus.pt": 323_606_802,
+    "sam2.1_hiera_large.pt": 898_083_611,
 }
 README_HEAD = """# checkpoints/
 
@@ -326,9 +330,10 @@ def checkpoints_readme(specs) -> str:
         if source is None:  # random weights only (tests), or weights without a published checksum
             parts.append(spec.family.weights_readme(spec) or "")
             continue
-        if source.filename not in FILES:
-            raise KeyError(f"{source.filename} ({spec.name}) has no size and SHA-256 in deop.weights.FILES")
-        size, sha256 = FILES[source.filename]
+        if source.filename not in SIZES or not source.sha256:
+            raise KeyError(f"{source.filename} ({spec.name}) has no size in deop.weights.SIZES or no SHA-256 in "
+                           "its registry entry")
+        size, sha256 = SIZES[source.filename], source.sha256
         if isinstance(source, HubCheckpoint):
             where = (f"on first use from the Hugging Face Hub's `{source.repo_id}` into its cache, checked against "
                      "the SHA-256 the Hub declares (this one); a file of this name here is used instead")

@@ -19,6 +19,7 @@ from deop.errors import WeightsError
 from deop.proposers import PROPOSERS
 from deop.weights import (
     Checkpoint,
+    HubCheckpoint,
     clip_weights_error,
     default_checkpoint_dir,
     download,
@@ -276,17 +277,19 @@ def test_the_checkpoint_folders_readme_is_generated_from_the_registry():
         "checkpoints/README.md is stale: python -m deop.weights > checkpoints/README.md"
     for spec in PROPOSERS.values():
         if spec.weights is not None:
-            size, sha256 = weights.FILES[spec.weights.filename]
-            assert f"`{spec.weights.filename}`, {size:,} bytes" in readme.read_text() and sha256 in readme.read_text()
-            if isinstance(spec.weights, Checkpoint):  # the sum the download is checked against
-                assert sha256 == spec.weights.sha256, spec.name
+            size, sha256 = weights.SIZES[spec.weights.filename], spec.weights.sha256
+            assert f"`{spec.weights.filename}`, {size:,} bytes" in readme.read_text()
+            assert f"SHA-256: `{sha256}`" in readme.read_text() and len(sha256) == 64, spec.name
     assert "`deop_model_final.pth`" in readme.read_text() and "--deop-checkpoint" in readme.read_text(), \
         "the trained model's checkpoint (no published checksum) has its own section"
     from dataclasses import replace
 
     new = replace(PROPOSERS["vit_b"], weights=Checkpoint("https://example.invalid/new.pth", "new.pth", "0" * 64))
-    with pytest.raises(KeyError, match="no size and SHA-256"):
+    with pytest.raises(KeyError, match="no size"):
         weights.checkpoints_readme([new])
+    with pytest.raises(KeyError, match="no SHA-256"):  # a Hub file whose declared sum was not written down
+        hub = HubCheckpoint("a/b", "sam2.1_hiera_tiny.pt")
+        weights.checkpoints_readme([replace(PROPOSERS["sam2.1_hiera_t"], weights=hub)])
 
 
 def test_git_keeps_the_checkpoint_readme_and_ignores_the_weights(tmp_path):

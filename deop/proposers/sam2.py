@@ -113,17 +113,21 @@ class Sam2Family(ProposerFamily):
 SAM2 = Sam2Family()
 
 
-def _spec(size: str, repo: str, filename: str, **kw: Any) -> ProposerSpec:
+def _spec(size: str, repo: str, filename: str, sha256: str, **kw: Any) -> ProposerSpec:
     return ProposerSpec(f"sam2.1_hiera_{size}", f"SAM 2.1 hiera_{size}", SAM2,
                         {"config": f"configs/sam2.1/sam2.1_hiera_{size}.yaml"},
-                        HubCheckpoint(f"facebook/sam2.1-hiera-{repo}", filename), **kw)
+                        HubCheckpoint(f"facebook/sam2.1-hiera-{repo}", filename, sha256), **kw)
 
 
-# The four SAM 2.1 image backbones, smallest first.
+# The four SAM 2.1 image backbones, smallest first, with the SHA-256 the Hub declares for each file.
 SPECS = (
-    _spec("t", "tiny", "sam2.1_hiera_tiny.pt", in_app=True,
+    _spec("t", "tiny", "sam2.1_hiera_tiny.pt",
+          "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", in_app=True,
           description="SAM 2.1 Hiera-T (39M parameters)"),
-    _spec("s", "small", "sam2.1_hiera_small.pt"),
-    _spec("b+", "base-plus", "sam2.1_hiera_base_plus.pt"),
-    _spec("l", "large", "sam2.1_hiera_large.pt"),
+    _spec("s", "small", "sam2.1_hiera_small.pt",
+          "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    _spec("b+", "base-plus", "sam2.1_hiera_base_plus.pt",
+          "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    _spec("l", "large", "sam2.1_hiera_large.pt",
+          "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
 )
