@@ -249,9 +249,9 @@ def timing_line(result: Any) -> str:
 
 def segment_ray(config: SegmenterConfig, vocabulary: Any, method: str, out_dir: Path,
                 items: Sequence[tuple[Path, str]], engine: EngineConfig,
-                report: Callable[[str, str], None]) -> int:
-    """Segments `items` (path, output stem) on Ray; `report(line, error)` per image; the number failed."""
-    failed = 0
+                report: Callable[[str, str], None]) -> None:
+    """Segments `items` (path, output stem) on Ray; `report(line, error)` per image (an empty error for
+    one done)."""
     with ray_session(engine) as ray:
         _quiet_data(ray)
         ds = ray.data.from_items([{"path": str(p), "stem": stem} for p, stem in items])
@@ -261,6 +261,4 @@ def segment_ray(config: SegmenterConfig, vocabulary: Any, method: str, out_dir: 
                             **_actor_options(engine))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for line, error in zip(batch["line"], batch["error"]):
-                failed += bool(error)
                 report(str(line), str(error))
-    return failed

@@ -81,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
         items = todo
     if config.random_weights:
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    failed = len(errors)
+    failed = [*errors]
     bar = tqdm(total=len(items), desc="segmenting", unit="image", disable=len(items) < 2)
 
     def report(line: str, error: str) -> None:
+        """Every image's outcome, from either engine: the one place failures are counted."""
         bar.update()
         if error:
+            failed.append(error)
             tqdm.write(f"error: {error}", file=sys.stderr)
         else:
             tqdm.write(line)
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if items and engine.engine == "ray":  # nothing left (a finished --resume): no Ray started
         from ..engine import segment_ray
 
-        failed += segment_ray(config, vocabulary, args.method, out_dir, items, engine, report)
+        segment_ray(config, vocabulary, args.method, out_dir, items, engine, report)
     elif items:
         from ..engine import segment_one
         from ..pipeline import Segmenter
@@ -102,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
         segmenter = Segmenter(config)
         segmenter.load()
         for path, stem in items:
-            line, error = segment_one(segmenter, vocabulary, args.method, out_dir, str(path), stem, None)
-            failed += bool(error)
-            report(line, error)
+            report(*segment_one(segmenter, vocabulary, args.method, out_dir, str(path), stem, None))
     bar.close()
     return 1 if failed else 0
