@@ -79,7 +79,7 @@ def table(demo: gr.Blocks, page: Page, server: Server) -> list[Row]:
         return with_signature(fn, names, defaults, progress)
 
     state = page.state
-    request = [*page.inputs.values(), state]
+    request = [*(page[name] for name in server.input_names), state]
     typed = [page.image, page.debounced, *request[2:]]  # the vocabulary once typing has paused
     shown = [page[n] for n in SEGMENT_EVENT_OUTPUTS]
     clicked = [page.inspect, page.clicked, page.one_pass]
@@ -89,7 +89,7 @@ def table(demo: gr.Blocks, page: Page, server: Server) -> list[Row]:
     rerun, stale = by_name(server.rerun), by_name(server.stale, progress=False)
     legend = server.click_legend  # one handler object: both overlays' legends share its concurrency group
     segment, validate = by_name(server.segment), by_name(server.validate, progress=False)
-    costly = [c for name, c in page.inputs.items() if name not in server.labels_stage]
+    costly = [page[name] for name in server.input_names if name not in server.labels_stage]
     return [
         # event                        handler                   inputs              outputs       api_name    group
         Row(page.run.click,            segment,                  request,            shown,        "segment",  PIPELINE,

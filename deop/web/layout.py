@@ -72,14 +72,10 @@ class Page:
     timings: gr.JSON
     timer: gr.Timer  # ticks the status line while the models load
 
-    @property
-    def inputs(self) -> dict[str, gr.components.Component]:
-        """/segment's inputs by name, in API order (the server's ``input_names``)."""
-        return {"image": self.image, "vocabulary": self.vocabulary, "method": self.method, **self.widgets,
-                "proposal_model": self.proposal_model}
-
     def __getitem__(self, name: str) -> gr.components.Component:
-        return getattr(self, name)
+        """The component of an output or input by name, an option's widget included (the server's
+        ``input_names`` give /segment's inputs in API order)."""
+        return self.widgets[name] if name in self.widgets else getattr(self, name)
 
 
 def option_widget(option: Option, value: Any) -> gr.components.Component:
