@@ -96,12 +96,6 @@ def folder_samples(images: str | Path, labels: str | Path) -> list[Sample]:
 FOLDER_LAYOUT = Layout("folder", ("",), "", "", "", ".png", "an images folder and a labels folder of PNGs")
 
 
-def load_label(path: str | Path, n_classes: int = 65536) -> np.ndarray:
-    """A folder dataset's label PNG as class indices, 255 kept (``ConfusionMatrix``'s default ignore)."""
-    truth = decode_label(path, FOLDER_LAYOUT, n_classes)
-    return np.where(truth == IGNORE, IGNORE_INDEX, truth)
-
-
 # -- what a run scores ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:
@@ -430,11 +424,11 @@ def benchmark_report(plan: Plan, partial: Partial, listed: Mapping[str, int], se
             "miou": {}, "pixel_accuracy": {}, "unlabelled_pixels": {}, "per_class_iou": {}}
         entry.update((extra or {}).get(key, {}))
         for run in plan.runs:
-            m = partial.matrix(spec, run.name)
-            entry["miou"][run.name] = _num(m.miou())
-            entry["pixel_accuracy"][run.name] = _num(m.pixel_accuracy())
-            entry["unlabelled_pixels"][run.name] = int(m.counts[:, -1].sum())
-            entry["per_class_iou"][run.name] = {n: _num(v) for n, v in zip(spec.names, m.iou())}
+            scores = MethodScores.from_matrix(run.name, partial.matrix(spec, run.name), spec.names)
+            entry["miou"][run.name] = _num(scores.miou)
+            entry["pixel_accuracy"][run.name] = _num(scores.pixel_accuracy)
+            entry["unlabelled_pixels"][run.name] = scores.unlabelled_pixels
+            entry["per_class_iou"][run.name] = {n: _num(v) for n, v in scores.per_class_iou.items()}
             table[run.name][key] = entry["miou"][run.name]
         benchmarks[key] = entry
     for row in table.values():

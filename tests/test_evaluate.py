@@ -11,8 +11,9 @@ from PIL import Image
 
 from conftest import scene
 from deop import evaluation as evaluate
+from deop.benchmarks import IGNORE, decode_label
 from deop.commands import main
-from deop.evaluation import ConfusionMatrix, load_label, read_classes
+from deop.evaluation import FOLDER_LAYOUT, IGNORE_INDEX, ConfusionMatrix, read_classes
 
 
 def test_iou_by_hand():
@@ -91,6 +92,12 @@ def test_eval_command_end_to_end(tmp_path, segmenter):
         assert all(v is None or 0.0 <= v <= 1.0 for v in scores["per_class_iou"].values())
         assert scores["pixels"] == 2 * 92 * 128  # ignored rows excluded
     assert "| one-pass |" in out_md.read_text()
+
+
+def load_label(path) -> np.ndarray:
+    """A folder dataset's label PNG as class indices, 255 kept (``ConfusionMatrix``'s default ignore)."""
+    truth = decode_label(path, FOLDER_LAYOUT, 65536)
+    return np.where(truth == IGNORE, IGNORE_INDEX, truth)
 
 
 def test_eval_with_ground_truth_predictor_scores_one(tmp_path, monkeypatch, segmenter):
