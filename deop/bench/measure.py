@@ -69,6 +69,11 @@ class BenchRecord:
 
 
 # -- synthetic inputs ------------------------------------------------------------------------------------
+def bench_vocabulary(n_classes: int = 20) -> Vocabulary:
+    """The classes every timing scores against: the first `n_classes` of ADE20K's."""
+    return Vocabulary.from_names(PRESETS["ade20k"][:n_classes])
+
+
 def synthetic_image(long_side: int, seed: int = 0) -> np.ndarray:
     """A 4:3 RGB image of smooth colour blobs; content does not change any cost measured here."""
     rng = np.random.default_rng(seed)
@@ -187,7 +192,7 @@ class Bench:
 
     def _text(self, clip: Any, n_classes: int) -> torch.Tensor:
         opts = self.segmenter.config.options
-        return self.segmenter.text_cache.vocabulary(clip, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]),
+        return self.segmenter.text_cache.vocabulary(clip, bench_vocabulary(n_classes),
                                                     opts.templates)
 
     def _classify_call(self, clip: Any, text: torch.Tensor, method: str, image: np.ndarray, size: int,
@@ -270,7 +275,7 @@ class Bench:
         image = synthetic_image(min(E2E_IMAGE, opts.max_side))
         seg = _FixedProposals(replace(base.config, options=opts), synthetic_proposals(image.shape[:2],
                                                                                       REQUERY_MASKS))
-        vocabs = {n: Vocabulary.from_names(PRESETS["ade20k"][:n]) for n in class_counts}
+        vocabs = {n: bench_vocabulary(n) for n in class_counts}
         out = []
         for n in class_counts:
             seg.text_cache = TextEmbeddingCache()
@@ -290,7 +295,7 @@ class Bench:
         warm-up would cost a whole encoder pass."""
         seg = self.segmenter
         image = synthetic_image(E2E_IMAGE)
-        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        vocab = bench_vocabulary()
         seg.text_cache.vocabulary(seg.clip, vocab, seg.config.options.templates)
         out = []
         for preset, points in configs:
@@ -379,7 +384,7 @@ class Bench:
         emptied before every call; the text is encoded beforehand (the app caches it)."""
         name = "coffee.jpg" if image is None else "given"
         image = photo_image(640) if image is None else image
-        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        vocab = bench_vocabulary()
         out = []
         for kind, size in candidates:
             seg = self.segmenter if kind == self.segmenter.config.sam_kind else self.segmenter.with_proposal_model(kind)
@@ -415,7 +420,7 @@ class Bench:
 
         name = "coffee.jpg" if image is None else "given"
         image = photo_image(640) if image is None else image
-        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        vocab = bench_vocabulary()
         h, w = image.shape[:2]
         rng = np.random.default_rng(0)
         points = [(float(x), float(y), True) for x, y in zip(rng.integers(0, w, n), rng.integers(0, h, n))]
@@ -441,7 +446,7 @@ class Bench:
         name = "coffee.jpg" if image is None else "given"
         image = photo_image(640) if image is None else image
         seg = self.segmenter
-        vocab = Vocabulary.from_names(PRESETS["ade20k"][:20])
+        vocab = bench_vocabulary()
         opts = forced_options(seg, masks)
         seg.segment(image, vocab, "one-pass", options=opts)
         out = []

@@ -20,10 +20,8 @@ import torch
 
 from ..classify import encode_crops, probabilities
 from ..pipeline import Segmenter
-from ..presets import PRESETS
 from ..timing import stopwatch
-from ..vocabulary import Vocabulary
-from .measure import peak_memory, synthetic_image, synthetic_proposals
+from .measure import bench_vocabulary, peak_memory, synthetic_image, synthetic_proposals
 
 PAPER = {"deop_fps": 4.37, "simbaseline_fps": 1.11, "ratio": 3.9, "benchmark": "COCO-Stuff", "device": "one GPU"}
 SHORT_SIDE = 512
@@ -43,7 +41,7 @@ def trained_record(seg: Segmenter, repeats: int = 3, n_classes: int = 20, n_crop
 
     trained, proposer, device = seg.trained, seg.proposer, seg.device
     image = synthetic_image(round(SHORT_SIDE * 4 / 3))  # 683 x 512: the short side at the test size
-    text, _ = vocabulary_text(trained, Vocabulary.from_names(PRESETS["ade20k"][:n_classes]))
+    text, _ = vocabulary_text(trained, bench_vocabulary(n_classes))
     crops = synthetic_proposals(image.shape[:2], n_crops)
     opts = seg.config.options
     times: dict[str, list[float]] = {k: [] for k in ("generator", "clip", "cal", "combination", "crops", "scoring")}
