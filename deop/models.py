@@ -85,13 +85,15 @@ class ModelCache:
                  input_size: int | None = None, checkpoint: str | None = None) -> Proposer:
         """A proposal model (``deop.proposers.PROPOSERS``) on `device`, its encoder run at `input_size`
         (weights shared with the full-size model); `checkpoint`: a file the user gave (the trained model's)."""
+        from .casts import cast_once
         from .proposers import Proposer, get_proposer
 
         spec = get_proposer(name)
         folder = Path(checkpoint_dir) if checkpoint_dir else None
         extra = {"checkpoint": checkpoint} if checkpoint else {}
         key = ("proposer", name, random_weights, str(device), str(checkpoint_dir), *extra.values())
-        full = self.get(key, lambda: spec.family.build(spec, random_weights, folder, download, **extra).to(device))
+        full = self.get(key, lambda: cast_once(spec.family.build(spec, random_weights, folder, download,
+                                                                 **extra).to(device)))
         size = spec.input_size_for(input_size or spec.family.input_size(full))
         if size == spec.family.input_size(full):
             return Proposer(spec, full)

@@ -6,8 +6,9 @@ float32 (but for CLIP's blocked attention on a CPU, ``deop.clip.attention``). On
 (AVX-512 BF16) that made CLIP's dense pass 3-4x cheaper where casting the weights made it 1.5x cheaper
 (its layer norms then run in bfloat16, slowly), with the same agreement (per-patch cosine 0.9999 to
 float32). The weights stay float32 and shared, so a float32 segmenter beside a bfloat16 one costs no
-second copy, and float32 is the untouched stock computation; only CLIP's image tower keeps its linear
-weights' casts once made (``deop.clip.casts``: 170 MB for ViT-B/16), which autocast would redo every call.
+second copy, and float32 is the untouched stock computation; only the linear layers of CLIP's image tower
+and of the proposal model keep their weights' casts once made (``deop.casts``: 170 MB each for ViT-B/16 and
+SAM vit_b in bfloat16), which autocast would redo on every call.
 
 ``auto`` picks, once per device and models, what is measured faster among the formats the device
 supports: on a CPU bfloat16 only where the processor has native bfloat16 instructions (AVX-512 BF16 or

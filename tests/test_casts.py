@@ -1,17 +1,19 @@
-"""Weights cast to the autocast format once (``deop.clip.casts``): the same bits as autocast's own casts,
+"""Weights cast to the autocast format once (``deop.casts``): the same bits as autocast's own casts,
 made again when a weight changes, never kept at float32 or for a weight that requires grad."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from deop import casts
+from deop.casts import CastOnceLinear, CastOnceOutProj, autocast_weight, cast_once
 from deop.classify import dense_features
-from deop.clip import attention, casts
-from deop.clip.casts import CastOnceLinear, CastOnceOutProj, autocast_weight, cast_once
+from deop.clip import attention
 
 
 def _uncached(monkeypatch) -> None:
@@ -51,6 +53,26 @@ def test_kept_casts_give_autocasts_bits(segmenter, monkeypatch):
         reference = _image_tower_calls(clip)
     for ours, again_, stock in zip(kept, again, reference):
         assert torch.equal(ours, stock) and torch.equal(again_, stock)
+
+
+def test_proposal_model_gives_autocasts_masks_with_kept_casts(segmenter, monkeypatch):
+    """The proposal model's linear layers keep their casts too (``ModelCache.proposer``): its masks and
+    scores under CPU bfloat16 are the same with and without them."""
+    from dataclasses import replace
+
+    from conftest import scene
+
+    proposer = replace(segmenter.proposer, precision="bfloat16")
+    assert not any(type(m) is nn.Linear for m in proposer.model.modules())
+    config = replace(segmenter.config.options.proposals, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                     box_nms_thresh=1.0)
+    image = scene(seed=4)
+    ours = proposer.propose(image, config)
+    with monkeypatch.context() as patch:
+        _uncached(patch)
+        stock = proposer.propose(image, config)
+    assert ours.raw_count == stock.raw_count > 1
+    assert np.array_equal(ours.segment_map, stock.segment_map) and np.array_equal(ours.scores, stock.scores)
 
 
 def test_a_changed_weight_is_cast_again():
@@ -97,7 +119,7 @@ def test_the_swap_keeps_names_weights_and_classes_of_their_kind():
     mha = nn.MultiheadAttention(16, 2, batch_first=True)
     model = nn.Sequential(nn.Linear(16, 16), mha)
     stock = copy.deepcopy(model)
-    assert cast_once(model) == 2
+    assert cast_once(model) is model
     assert isinstance(model[0], CastOnceLinear) and isinstance(mha.out_proj, CastOnceOutProj)
     assert isinstance(mha.out_proj, nn.modules.linear.NonDynamicallyQuantizableLinear)
     assert model.state_dict().keys() == stock.state_dict().keys()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .casts import autocast_weight
+from ..casts import autocast_weight
 
 __all__ = ["BLOCK_SCORES", "CpuAutocastAttention", "blocked_attention", "fast_cpu_attention"]
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..casts import cast_once
 from ..errors import OptionError
 from ..weights import clip_weights_error, seeded_init
 from .attention import fast_cpu_attention
-from .casts import cast_once
 
 
 @dataclass

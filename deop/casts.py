@@ -2,13 +2,15 @@
 
 ``torch.autocast`` casts a float32 weight to bfloat16 each time a matrix product uses it, and keeps the
 cast only for weights that require grad, only until the context exits. CLIP's image tower is 85M weights
-(170 MB in bfloat16), re-cast by every dense pass and every batch of crops. On this project's CPU its 48
-linear layers took 150 ms with autocast's casts and 144 ms with kept ones at 589 tokens (the dense pass at
-448 px), 50.6 against 43.5 ms at 197 tokens (one crop), 340 against 328 ms at 8 crops (medians of 22
-alternating rounds); the whole dense pass gained 2 % at 448 px and 5 % at 672 px, measured alternating
-(VM noise is of that order). A fixed cost per call weighs more on the one pass than on the crops, so the
-casts blurred the comparison of the two methods. A kept cast costs that memory once (made at the first
-call in a format, never at float32) and has the bits autocast's cast would have, so results do not change.
+(170 MB in bfloat16), re-cast by every dense pass and every batch of crops; SAM vit_b's encoder as many,
+and its mask decoder's once per batch of point prompts. On this project's CPU CLIP's 48 linear layers took
+150 ms with autocast's casts and 144 ms with kept ones at 589 tokens (the dense pass at 448 px), 50.6
+against 43.5 ms at 197 tokens (one crop), 340 against 328 ms at 8 crops (medians of 22 alternating
+rounds); the whole dense pass gained 2 % at 448 px and 5 % at 672 px, and SAM vit_b's proposals at the
+fast preset (100 prompts, 300 masks) 4 % (1.565 against 1.496 s), measured alternating. A fixed cost per
+call weighs more on the one pass than on the crops, so the casts also blurred the comparison of the two
+methods. A kept cast costs that memory once (made at the first call in a format, never at float32) and has
+the bits autocast's cast would have, so results do not change.
 
 A kept cast is made again when its weight changes (a new tensor, or an in-place update such as
 ``load_state_dict``), and never for a weight that requires grad (autocast's own cast is then part of the
@@ -59,11 +61,11 @@ class CastOnceOutProj(_CastOnce, NonDynamicallyQuantizableLinear):
 _SWAPS = {nn.Linear: CastOnceLinear, NonDynamicallyQuantizableLinear: CastOnceOutProj}
 
 
-def cast_once(model: nn.Module) -> int:
-    """Swaps the class of every ``nn.Linear`` of `model` to its cast-once twin (names, weights and state
-    dict unchanged); returns how many. Attention modules read ``autocast_weight`` for their packed input
-    projection themselves (``deop.clip.attention``)."""
-    modules = [m for m in model.modules() if type(m) in _SWAPS]
-    for m in modules:
-        m.__class__ = _SWAPS[type(m)]
-    return len(modules)
+def cast_once(model: nn.Module) -> nn.Module:
+    """`model`, the class of every ``nn.Linear`` in it swapped to its cast-once twin (names, weights and
+    state dict unchanged). Attention modules read ``autocast_weight`` for their packed input projection
+    themselves (``deop.clip.attention``)."""
+    for m in model.modules():
+        if type(m) in _SWAPS:
+            m.__class__ = _SWAPS[type(m)]
+    return model
