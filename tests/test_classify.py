@@ -16,6 +16,7 @@ from deop.classify import (
     dense_labels,
     dense_similarity,
     encode_crops,
+    image_tensor,
     pool_segments,
     probabilities,
 )
@@ -74,6 +75,17 @@ def test_crop_batches_by_device_unless_asked(clip, monkeypatch):
         size = crop_batch_size(requested, clip.device)
         assert batches == [size] * (len(props) // size) + [len(props) % size] * bool(len(props) % size)
     assert len(props) == 20 and len(batches) == 4
+
+
+def test_a_read_only_image_is_copied_before_torch_reads_it(monkeypatch):
+    """torch warns on a read-only array (the app's cached images are shared, read-only): it gets a copy."""
+    image = np.random.default_rng(4).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    expected = image_tensor(image, torch.device("cpu"))
+    image.flags.writeable = False
+    seen = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: seen.append(a.flags.writeable) or from_numpy(a))
+    assert torch.equal(image_tensor(image, torch.device("cpu")), expected) and seen == [True]
 
 
 def test_crop_boxes_grow_by_the_margin_and_stay_inside():
