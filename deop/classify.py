@@ -28,7 +28,7 @@ def _normalise(pixels: torch.Tensor, clip: ClipModel) -> torch.Tensor:
 def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """HxWx3 uint8 → [3, H, W] float in [0, 1], as torchvision's ToTensor does. A read-only image (a
     cached one, shared) is copied first: torch warns on it, although nothing here writes to it."""
-    pixels = np.ascontiguousarray(image) if image.flags.writeable else np.array(image)
+    pixels = np.ascontiguousarray(image) if image.flags.writeable else np.array(image, order="C")
     return torch.from_numpy(pixels).to(device).permute(2, 0, 1).float().div_(255)
 
 

@@ -167,4 +167,10 @@ def calibrate(clip: Any, proposer: Any, device: torch.device | str, candidates: 
         warmed.add(precision)
         return seconds
 
-    return choose(device, measure, candidates)
+    choice = choose(device, measure, candidates)
+    if choice.precision == "float32" and warmed - {"float32"}:  # the casts the measurement made, unused
+        from .casts import drop_casts
+
+        drop_casts(clip.model)
+        drop_casts(proposer.model)
+    return choice

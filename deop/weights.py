@@ -291,10 +291,10 @@ def load_into(model, path: Path, title: str, key: str | None = None) -> None:
 
 
 # -- the checkpoint folder's README ---------------------------------------------------------------------------
-# Each checkpoint file's size in bytes and SHA-256: SAM's and MobileSAM's as their ``Checkpoint`` pins it (a
-# test checks they agree); SAM 2.1's as the Hugging Face Hub declares it (its LFS object id, the same bytes as
-# Meta's own download). ``checkpoints/README.md`` is generated from these and the proposal models' registry.
-# bytes of each checkpoint file, for the checkpoint README (their SHA-256 are beside their builders)
+# Each checkpoint file's size in bytes, for ``checkpoints/README.md``, which is generated from these and the
+# proposal models' registry. Their SHA-256 are beside their builders: SAM's and MobileSAM's as their
+# ``Checkpoint`` pins it, SAM 2.1's as the Hugging Face Hub declares it (its LFS object id, the same bytes
+# as Meta's own download).
 SIZES: dict[str, int] = {
     "sam_vit_b_01ec64.pth": 375_042_383,
     "sam_vit_l_0b3195.pth": 1_249_524_607,
@@ -330,9 +330,10 @@ def checkpoints_readme(specs) -> str:
         if source is None:  # random weights only (tests), or weights without a published checksum
             parts.append(spec.family.weights_readme(spec) or "")
             continue
-        if source.filename not in SIZES or not source.sha256:
-            raise KeyError(f"{source.filename} ({spec.name}) has no size in deop.weights.SIZES or no SHA-256 in "
-                           "its registry entry")
+        if source.filename not in SIZES:
+            raise KeyError(f"{source.filename} ({spec.name}) has no size in deop.weights.SIZES")
+        if not source.sha256:
+            raise ValueError(f"{source.filename} ({spec.name}) has no SHA-256 in its registry entry")
         size, sha256 = SIZES[source.filename], source.sha256
         if isinstance(source, HubCheckpoint):
             where = (f"on first use from the Hugging Face Hub's `{source.repo_id}` into its cache, checked against "

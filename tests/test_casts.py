@@ -6,12 +6,11 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from deop import casts
-from deop.casts import CastOnceLinear, CastOnceOutProj, autocast_weight, cast_once
+from deop.casts import CastOnceLinear, CastOnceOutProj, autocast_weight, cast_once, drop_casts
 from deop.classify import dense_features
 from deop.clip import attention
 
@@ -42,12 +41,11 @@ def test_kept_casts_give_autocasts_bits(segmenter, monkeypatch):
     assert sum(isinstance(m, (CastOnceLinear, CastOnceOutProj)) for m in visual.modules()) > 0
     assert not any(type(m) is nn.Linear for m in visual.modules())
     kept = _image_tower_calls(clip)
-    tables = {id(m): dict(m.__dict__["_autocast_weights"]) for m in visual.modules()
-              if "_autocast_weights" in m.__dict__}
+    swapped = [m for m in visual.modules() if isinstance(m, (CastOnceLinear, CastOnceOutProj))]
+    assert all(("weight", torch.bfloat16) in m.__dict__["_autocast_weights"] for m in swapped)  # one cast each
+    casts = {id(m): m.__dict__["_autocast_weights"][("weight", torch.bfloat16)][2] for m in swapped}
     again = _image_tower_calls(clip)
-    for m in visual.modules():  # the second call reused every cast
-        if id(m) in tables:
-            assert all(m.__dict__["_autocast_weights"][k][1] is v[1] for k, v in tables[id(m)].items())
+    assert all(m.__dict__["_autocast_weights"][("weight", torch.bfloat16)][2] is casts[id(m)] for m in swapped)
     with monkeypatch.context() as patch:
         _uncached(patch)
         reference = _image_tower_calls(clip)
@@ -68,6 +66,7 @@ def test_proposal_model_gives_autocasts_masks_with_kept_casts(segmenter, monkeyp
                      box_nms_thresh=1.0)
     image = scene(seed=4)
     ours = proposer.propose(image, config)
+    assert any("_autocast_weights" in m.__dict__ for m in proposer.model.modules())  # casts were kept
     with monkeypatch.context() as patch:
         _uncached(patch)
         stock = proposer.propose(image, config)
@@ -88,18 +87,27 @@ def test_a_changed_weight_is_cast_again():
         assert torch.equal(second, layer.weight.bfloat16()) and not torch.equal(second, first)
         layer.weight = nn.Parameter(torch.randn(8, 16), requires_grad=False)  # a new tensor
         assert torch.equal(autocast_weight(layer, "weight"), layer.weight.bfloat16())
+        layer.weight.data = torch.randn(8, 16)  # new values under the same parameter, version unchanged
+        assert torch.equal(autocast_weight(layer, "weight"), layer.weight.bfloat16())
         assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
 
 
-def test_float32_and_grad_weights_are_the_parameter_itself():
+def test_float32_grad_and_inference_weights_are_the_parameter_itself():
+    frozen = nn.Linear(16, 8).requires_grad_(False)
+    cast_once(nn.Sequential(frozen))
+    assert autocast_weight(frozen, "weight") is frozen.weight  # no autocast: float32, stock's computation
     layer = nn.Linear(16, 8)
     cast_once(nn.Sequential(layer))
-    assert autocast_weight(layer, "weight") is layer.weight  # no autocast: float32, stock's computation
     x = torch.randn(4, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert autocast_weight(layer, "weight") is layer.weight  # requires grad: autocast's cast, in the graph
         layer(x).float().sum().backward()
     assert layer.weight.grad is not None and "_autocast_weights" not in layer.__dict__
+    with torch.inference_mode():  # made in inference mode: torch counts no version for it
+        built = nn.Linear(16, 8).requires_grad_(False)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert built.weight.is_inference() and autocast_weight(built, "weight") is built.weight
+    assert "_autocast_weights" not in frozen.__dict__ and "_autocast_weights" not in built.__dict__
 
 
 def test_a_cast_made_in_inference_mode_serves_a_graph_later():
@@ -126,12 +134,27 @@ def test_the_swap_keeps_names_weights_and_classes_of_their_kind():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stock.state_dict().values()))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_one_cast_per_format(dtype):
+def test_one_cast_per_format_kept_side_by_side_and_dropped():
     layer = nn.Linear(16, 8).requires_grad_(False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = autocast_weight(layer, "weight")
-    with torch.autocast("cpu", dtype=dtype):
-        assert autocast_weight(layer, "weight").dtype == dtype
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert autocast_weight(layer, "weight") is low
+    casts_by_format = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            casts_by_format[dtype] = autocast_weight(layer, "weight")
+            assert casts_by_format[dtype].dtype == dtype
+    for dtype, cast in casts_by_format.items():  # neither replaced the other
+        with torch.autocast("cpu", dtype=dtype):
+            assert autocast_weight(layer, "weight") is cast
+    drop_casts(nn.Sequential(layer))
+    assert "_autocast_weights" not in layer.__dict__
+
+
+def test_auto_frees_the_casts_it_made_when_float32_wins(segmenter, monkeypatch):
+    """``auto`` measures bfloat16 with the shared models (which keeps casts); keeping float32, it frees them."""
+    from deop import precision
+
+    monkeypatch.setattr(precision, "choose", lambda device, measure, candidates=None: (
+        measure("float32"), measure("bfloat16"), precision.Choice("float32", ("bfloat16",)))[-1])
+    clip, proposer = segmenter.clip, segmenter.proposer
+    assert precision.calibrate(clip, proposer, "cpu").precision == "float32"
+    for model in (clip.model, proposer.model):
+        assert not any("_autocast_weights" in m.__dict__ for m in model.modules())

@@ -287,7 +287,7 @@ def test_the_checkpoint_folders_readme_is_generated_from_the_registry():
     new = replace(PROPOSERS["vit_b"], weights=Checkpoint("https://example.invalid/new.pth", "new.pth", "0" * 64))
     with pytest.raises(KeyError, match="no size"):
         weights.checkpoints_readme([new])
-    with pytest.raises(KeyError, match="no SHA-256"):  # a Hub file whose declared sum was not written down
+    with pytest.raises(ValueError, match="no SHA-256"):  # a Hub file whose declared sum was not written down
         hub = HubCheckpoint("a/b", "sam2.1_hiera_tiny.pt")
         weights.checkpoints_readme([replace(PROPOSERS["sam2.1_hiera_t"], weights=hub)])
 

@@ -315,7 +315,8 @@ class Bench:
                 out.append(self.record("e2e", method, n, max(image.shape[:2]), times, preset=preset,
                                        points_per_side=opts.proposals.points_per_side, preset_default=not points,
                                        max_side=opts.max_side,
-                                       clip_size=opts.clip_size, n_classes=len(vocab), **stages))
+                                       clip_size=opts.clip_size, n_classes=len(vocab),
+                                       crop_batch_size=self._crop_batch(), **stages))
                 self.advance(f"end to end {preset} pps={opts.proposals.points_per_side} {method}")
         return out
 
@@ -405,7 +406,8 @@ class Bench:
                 first = next(iter(last.methods.values())).timings
                 record = self.record("e2e_masks", method, n, max(image.shape[:2]), times, forced_masks=masks,
                                      sam_input_size=seg.proposer_spec.input_size_for(size), image=name,
-                                     proposals_seconds=round(first["proposals"], 4), n_classes=len(vocab), **stages)
+                                     proposals_seconds=round(first["proposals"], 4), n_classes=len(vocab),
+                                     crop_batch_size=self._crop_batch(), **stages)
                 record.sam_model = kind
                 out.append(record)
                 self.advance(f"{kind}@{size} {masks} masks {method}")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..casts import autocast_weight
 from ..errors import OptionError
 from .severance import Severance, severance
 
@@ -79,7 +80,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], rule: str =
 
 def _qkv(block: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     attn: nn.MultiheadAttention = block.attn
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = F.linear(y, autocast_weight(attn, "in_proj_weight"), attn.in_proj_bias).chunk(3, dim=-1)
     return q, k, v
 
 

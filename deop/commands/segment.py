@@ -81,14 +81,15 @@ def run(args: argparse.Namespace) -> int:
         items = todo
     if config.random_weights:
         print(f"WARNING: {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
-    failed = [*errors]
+    failed = len(errors)
     bar = tqdm(total=len(items), desc="segmenting", unit="image", disable=len(items) < 2)
 
     def report(line: str, error: str) -> None:
         """Every image's outcome, from either engine: the one place failures are counted."""
+        nonlocal failed
         bar.update()
         if error:
-            failed.append(error)
+            failed += 1
             tqdm.write(f"error: {error}", file=sys.stderr)
         else:
             tqdm.write(line)
