@@ -4,6 +4,7 @@ made again when a weight changes, never kept at float32 or for a weight that req
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import torch
@@ -12,16 +13,20 @@ from torch import nn
 from deop import casts
 from deop.casts import CastOnceLinear, CastOnceOutProj, autocast_weight, cast_once, drop_casts
 from deop.classify import dense_features
-from deop.clip import attention
+from deop.clip import attention, dense
 
 
 def _uncached(monkeypatch) -> None:
-    """Every weight cast by autocast on every call, as before the kept casts."""
+    """Every weight cast by autocast on every call, as before the kept casts: in every deop module that
+    reads ``autocast_weight`` (the swapped linear layers, CLIP's blocked attention, the severed block)."""
     def raw(module, name):
         return getattr(module, name)
 
-    monkeypatch.setattr(casts, "autocast_weight", raw)
-    monkeypatch.setattr(attention, "autocast_weight", raw)
+    readers = [m for name, m in list(sys.modules.items())
+               if name.startswith("deop") and getattr(m, "autocast_weight", None) is casts.autocast_weight]
+    assert {casts, attention, dense} <= set(readers)
+    for module in readers:
+        monkeypatch.setattr(module, "autocast_weight", raw)
 
 
 def _image_tower_calls(clip):
